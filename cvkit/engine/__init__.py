@@ -1,0 +1,1 @@
+"""Training engine: device and seed set-up, run directories, and (later) the Trainer."""

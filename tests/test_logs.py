@@ -1,0 +1,31 @@
+"""Progress reporting degrades to plain log lines off a terminal."""
+
+import logging
+
+from cvkit.logs import get_logger, progress
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_progress_yields_everything_and_logs_plain_lines():
+    logger = get_logger("progress")
+    handler = ListHandler()
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        items = list(progress(range(40), desc="epoch 1", lines=4))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    assert items == list(range(40))
+    assert len(handler.messages) == 4
+    assert handler.messages[0].startswith("epoch 1  25% 10/40")
+    assert handler.messages[-1].startswith("epoch 1 100% 40/40")
