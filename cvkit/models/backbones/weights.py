@@ -1,0 +1,105 @@
+"""Load reference weights (a torchvision ``.pth`` file or a cvkit checkpoint) into a backbone.
+
+Weights come only from a local file the user names; nothing is downloaded. Files are read with
+``torch.load(..., weights_only=True)``. Keys of the reference classifier head (``fc.*``,
+``classifier.*``) and of auxiliary heads are not part of a backbone and are skipped; every
+backbone key must be present with the same shape, otherwise a :class:`CheckpointError` names
+the file and the offending keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cvkit.errors import CheckpointError
+from cvkit.logs import get_logger
+from cvkit.models.backbones.base import Backbone
+
+logger = get_logger("models.weights")
+BACKBONE_PREFIX = "backbone."
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The model state dict stored in ``path``.
+
+    Accepts a plain state dict (torchvision's ``.pth`` files) or a cvkit checkpoint (a dict
+    whose ``model`` entry is the state dict).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a torch file, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch weights file ({exc})") from None
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        data = data["model"]
+    if not isinstance(data, Mapping) or not data:
+        raise CheckpointError(f"{path}: expected a state dict (name → tensor), got {type(data)}")
+    bad = [key for key, value in data.items() if not isinstance(value, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
+    return dict(data)
+
+
+def backbone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone's part of a state dict: keys under ``backbone.`` (a cvkit model), else all."""
+    if any(key.startswith(BACKBONE_PREFIX) for key in state):
+        cut = len(BACKBONE_PREFIX)
+        return {k[cut:]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    return dict(state)
+
+
+def adapt_stem(weight: Tensor, in_channels: int) -> Tensor:
+    """Fit a first-convolution weight ``[O, 3, k, k]`` to ``in_channels`` input channels.
+
+    One channel gets the sum over RGB (a grey image gives the response of an RGB grey image);
+    more channels cycle RGB and rescale by ``3 / in_channels`` to keep activations comparable.
+    """
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
+    """Load ``path`` into ``backbone`` (strict on the backbone's own keys and shapes).
+
+    Raises:
+        CheckpointError: unreadable file, missing or unexpected keys, or shape mismatches
+            (for example a ResNet-50 file given to a ResNet-18, or a ``width_mult`` model).
+    """
+    state = backbone_state(read_state_dict(path))
+    skip = backbone.head_prefixes + backbone.ignored_prefixes
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    own = backbone.state_dict()
+    stem = backbone.stem_weight
+    if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
+        state[stem] = adapt_stem(state[stem], own[stem].shape[1])
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if items
+        ]
+        raise CheckpointError(
+            f"{path}: weights do not fit backbone {type(backbone).__name__}: " + "; ".join(parts)
+        )
+    backbone.load_state_dict(state)
+    logger.info("loaded %d backbone tensors from %s", len(state), path)

@@ -1,0 +1,156 @@
+"""Backbones: feature shapes/strides, gradients, torchvision weight compatibility, bad files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from cvkit.errors import CheckpointError, ConfigError
+from cvkit.models.backbones import create_backbone, list_backbones, scale_channels
+
+torch.set_num_threads(2)
+
+# name -> {stage: (channels, side at 64x64 input, side at 224x224 input, stride)}, computed by
+# hand from each architecture's kernel/stride/padding arithmetic.
+EXPECTED = {
+    "resnet18": {
+        "stem": (64, 16, 56, 4),
+        "layer1": (64, 16, 56, 4),
+        "layer2": (128, 8, 28, 8),
+        "layer3": (256, 4, 14, 16),
+        "layer4": (512, 2, 7, 32),
+    },
+    "resnet50": {
+        "stem": (64, 16, 56, 4),
+        "layer1": (256, 16, 56, 4),
+        "layer2": (512, 8, 28, 8),
+        "layer3": (1024, 4, 14, 16),
+        "layer4": (2048, 2, 7, 32),
+    },
+}
+# The tiny variant has a quarter of the channels at the same resolutions.
+EXPECTED["resnet18_tiny"] = {k: (c // 4, *rest) for k, (c, *rest) in EXPECTED["resnet18"].items()}
+
+# cvkit stage -> torchvision graph node whose output it must equal after loading the weights.
+TORCHVISION_NODES = {
+    "resnet18": {"layer2": "layer2", "layer4": "layer4"},
+    "resnet50": {"stem": "maxpool", "layer4": "layer4"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("size", [64, 224])
+def test_feature_shapes_and_strides(name, size):
+    stages = EXPECTED[name]
+    backbone = create_backbone(name, out_features=list(stages)).eval()
+    with torch.no_grad():
+        features = backbone(torch.randn(1, 3, size, size))
+    assert list(features) == list(stages)
+    column = 1 if size == 64 else 2
+    for stage, expected in stages.items():
+        assert tuple(features[stage].shape) == (1, expected[0], expected[column], expected[column])
+        assert backbone.channels[stage] == expected[0]
+        assert backbone.strides[stage] == expected[3]
+
+
+@pytest.mark.parametrize("name", ["resnet18_tiny", "resnet34_tiny", "resnet50_tiny"])
+def test_forward_backward_reaches_every_parameter(name):
+    backbone = create_backbone(name, out_features=None)
+    (out,) = backbone(torch.randn(2, 3, 64, 64)).values()
+    out.square().mean().backward()
+    missing = [n for n, p in backbone.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_default_output_is_last_stage_and_stops_early():
+    backbone = create_backbone("resnet18_tiny")
+    assert list(backbone(torch.randn(1, 3, 64, 64))) == ["layer4"]
+    backbone.set_out_features(["layer2"])
+    calls = []
+    backbone.layer3.register_forward_hook(lambda *_: calls.append(1))
+    assert list(backbone(torch.randn(1, 3, 64, 64))) == ["layer2"]
+    assert not calls
+
+
+def test_out_features_are_returned_in_stage_order():
+    backbone = create_backbone("resnet18_tiny", out_features=["layer4", "layer2"])
+    assert list(backbone.channels) == ["layer2", "layer4"]
+
+
+def test_unknown_stage_and_backbone_are_config_errors():
+    with pytest.raises(ConfigError, match="layer9"):
+        create_backbone("resnet18_tiny", out_features=["layer9"])
+    with pytest.raises(ConfigError, match="resnet18_tiny"):
+        create_backbone("resnet19")
+
+
+def test_width_mult_scales_channels():
+    assert scale_channels(64, 1.0) == 64 and scale_channels(6, 1.0) == 6
+    assert scale_channels(64, 0.5) == 32 and scale_channels(64, 0.01) == 8
+    backbone = create_backbone("resnet18", width_mult=0.5, out_features=["layer4"])
+    assert backbone.channels == {"layer4": 256}
+    tiny = create_backbone("resnet18_tiny", width_mult=0.5, out_features=["layer4"])
+    assert tiny.channels == {"layer4": 64}
+
+
+def _torchvision_file(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    # Non-trivial BatchNorm statistics, so a wrong buffer mapping cannot go unnoticed.
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_NODES))
+def test_torchvision_weights_give_identical_features(name, tmp_path):
+    reference, path = _torchvision_file(name, tmp_path)
+    nodes = TORCHVISION_NODES[name]
+    backbone = create_backbone(name, pretrained=path, out_features=list(nodes)).eval()
+    extractor = create_feature_extractor(reference, return_nodes=list(nodes.values()))
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = backbone(image)
+        theirs = extractor(image)
+    for stage, node in nodes.items():
+        torch.testing.assert_close(ours[stage], theirs[node], rtol=0, atol=0)
+
+
+def test_grey_input_adapts_pretrained_stem(tmp_path):
+    _, path = _torchvision_file("resnet18", tmp_path)
+    grey = create_backbone("resnet18", pretrained=path, in_channels=1).eval()
+    rgb = create_backbone("resnet18", pretrained=path).eval()
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(image)["layer4"], rgb(image.expand(1, 3, 64, 64))["layer4"])
+
+
+def test_missing_corrupt_and_mismatched_files_raise_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        create_backbone("resnet18_tiny", pretrained=tmp_path / "absent.pth")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"corrupt\.pth"):
+        create_backbone("resnet18_tiny", pretrained=corrupt)
+    truncated = tmp_path / "truncated.pth"
+    torch.save(create_backbone("resnet18_tiny").state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pth"):
+        create_backbone("resnet18_tiny", pretrained=truncated)
+    other = tmp_path / "resnet34_tiny.pth"
+    torch.save(create_backbone("resnet34_tiny").state_dict(), other)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        create_backbone("resnet18_tiny", pretrained=other)
+    with pytest.raises(CheckpointError, match="shape"):
+        create_backbone("resnet34", pretrained=other)
+
+
+def test_registry_lists_the_families():
+    names = set(list_backbones())
+    assert {"resnet18", "resnet34", "resnet50", "resnet18_tiny"} <= names
