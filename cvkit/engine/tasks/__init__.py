@@ -1,0 +1,154 @@
+"""Tasks: what the one :class:`~cvkit.engine.trainer.Trainer` needs to know about a problem.
+
+A task (detection, segmentation, classification) subclasses :class:`Task` and registers itself
+under the name used in the config's ``task:`` key::
+
+    @register_task("segment")
+    class SegmentTask(Task):
+        best_metric = "mIoU"
+
+        def loss(self, model, batch):
+            images, targets = batch
+            logits = model(images)
+            return {"ce": cross_entropy(logits, stack_semantic(targets), ignore_index=255)}
+
+        def evaluate(self, model, loader, device):
+            ...  # returns {"mIoU": 0.71, "pixel_acc": 0.93}
+
+The defaults build datasets and loaders with :mod:`cvkit.data`, the model with
+:func:`cvkit.models.build.build_model`, and move ``(images, targets)`` batches to the device;
+a task overrides only what differs. ``get_task(name)`` imports the built-in task modules
+lazily, so registering needs no edit here beyond the module name in ``_BUILTIN``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cvkit.config import Config
+from cvkit.errors import ConfigError, NotBuiltError
+
+Batch = Any
+_REGISTRY: dict[str, type[Task]] = {}
+_BUILTIN = {
+    "detect": "cvkit.engine.tasks.detect",
+    "segment": "cvkit.engine.tasks.segment",
+    "classify": "cvkit.engine.tasks.classify",
+}
+
+
+class Task:
+    """Base class of a training task; subclasses implement :meth:`loss` and :meth:`evaluate`.
+
+    Attributes:
+        name: the config's ``task:`` value (set by :func:`register_task`).
+        best_metric: the key of :meth:`evaluate`'s result that selects ``best.pt``
+            (higher is better).
+    """
+
+    name: ClassVar[str] = ""
+    best_metric: ClassVar[str] = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def build_dataset(self, split: str) -> Dataset:
+        """The ``train`` or ``val`` dataset; it exposes ``classes`` (and ``category_ids``)."""
+        from cvkit.data import build_dataset
+
+        return build_dataset(self.config.data, split, self.name)
+
+    def build_loader(self, dataset: Dataset, train: bool, distributed: bool = False) -> DataLoader:
+        """A loader over ``dataset`` (shuffled, augmented batches when ``train``)."""
+        from cvkit.data import build_loader
+
+        return build_loader(
+            dataset, self.config.data, train, distributed=distributed, seed=self.config.seed
+        )
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The model named by ``config.model``, with ``num_classes`` outputs."""
+        from cvkit.models.build import build_model
+
+        return build_model(self.config, num_classes)
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        """Move an ``(images, targets)`` batch to ``device`` (tensors inside target dicts too)."""
+        images, targets = batch
+        non_blocking = device.type == "cuda"
+        images = images.to(device, non_blocking=non_blocking)
+        if isinstance(targets, torch.Tensor):
+            return images, targets.to(device, non_blocking=non_blocking)
+        moved = [
+            {
+                key: value.to(device, non_blocking=non_blocking)
+                if isinstance(value, torch.Tensor)
+                else value
+                for key, value in target.items()
+            }
+            for target in targets
+        ]
+        return images, moved
+
+    def batch_size(self, batch: Batch) -> int:
+        """Number of images in ``batch`` (for images/s)."""
+        return len(batch[0])
+
+    def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named scalar losses of ``model`` (in train mode, maybe DDP-wrapped) on ``batch``.
+
+        The Trainer optimises their sum and logs each one.
+        """
+        raise NotImplementedError
+
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
+        """Validation metrics of ``model`` (unwrapped, in eval mode) over ``loader``.
+
+        Must contain :attr:`best_metric`. Only rank 0 calls it, over the whole val split.
+        """
+        raise NotImplementedError
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        """A human-readable report of :meth:`evaluate`'s result (for logs and the CLI)."""
+        return " ".join(
+            f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float)
+        )
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator registering a :class:`Task` subclass under ``name``."""
+
+    def decorate(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered under ``name`` (importing built-in task modules on demand).
+
+    Raises:
+        ConfigError: no task of that name exists.
+        NotBuiltError: the task's module has not landed yet.
+    """
+    if name not in _REGISTRY and name in _BUILTIN:
+        try:
+            importlib.import_module(_BUILTIN[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != _BUILTIN[name]:
+                raise
+            raise NotBuiltError(f"task {name!r}: {_BUILTIN[name]} has not landed yet") from None
+    if name not in _REGISTRY:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN))
+        raise ConfigError(f"task: unknown task {name!r}; known tasks: {', '.join(known)}")
+    return _REGISTRY[name]
