@@ -11,14 +11,13 @@ from cvkit.config.base import Section
 class SSDConfig(Section):
     """Options of the SSD detector (``model.ssd``).
 
-    The head reads the backbone outputs named in ``features`` (all of them when unset), then
-    ``extra_blocks`` blocks each halve the resolution of the last map. Every level gets
+    The head reads the backbone stages named in ``model.out_features``, then ``extra_blocks``
+    blocks each halve the resolution of the last map. Every level gets
     ``len(anchor_sizes[level]) + len(anchor_ratios) - 1`` anchors per cell; sizes are fractions
     of the input size, and when ``anchor_sizes`` is unset level ``k`` of ``L`` gets
     ``[s_k, sqrt(s_k * s_k+1)]`` with ``s_k`` spaced linearly from ``min_scale`` to ``max_scale``.
     """
 
-    features: list[str] | None = None
     extra_blocks: int = Field(2, ge=0)
     extra_channels: int = Field(256, gt=0, description="output channels of every extra block")
     anchor_sizes: list[list[float]] | None = None
