@@ -1,0 +1,101 @@
+"""The semantic-segmentation task: per-pixel cross-entropy for training, mIoU for validation.
+
+A segmenter maps ``images [B, 3, H, W]`` to logits ``[B, C, H, W]`` and knows nothing about
+losses; this task stacks each target's ``semantic`` mask (``int64 [H, W]``, 255 = ignore) into
+``[B, H, W]``, scores the logits with cross-entropy that skips ignored pixels, and validates
+with the confusion-matrix metrics of :mod:`cvkit.eval.segmentation` (``best.pt`` follows mIoU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from cvkit.engine.tasks import Task, register_task
+from cvkit.errors import DatasetError
+from cvkit.eval.segmentation import IGNORE_INDEX, SegmentationEvaluator
+
+
+def stack_semantic(targets: Sequence[dict[str, Any]]) -> Tensor:
+    """The batch's semantic masks as one ``Tensor[B, H, W]`` int64 (255 = ignore).
+
+    Raises:
+        DatasetError: a target has no ``semantic`` mask (the dataset was not loaded for the
+            ``segment`` task) or the masks differ in size.
+    """
+    masks = []
+    for target in targets:
+        if "semantic" not in target:
+            raise DatasetError(
+                f"image {target.get('image_id')}: target has no 'semantic' mask; a segmentation "
+                f"dataset must give one per image (keys: {sorted(target)})"
+            )
+        masks.append(target["semantic"])
+    sizes = {tuple(mask.shape) for mask in masks}
+    if len(sizes) > 1:
+        raise DatasetError(f"semantic masks of one batch differ in size: {sorted(sizes)}")
+    return torch.stack(masks).long()
+
+
+def segmentation_loss(logits: Tensor, semantic: Tensor) -> Tensor:
+    """Mean cross-entropy over the pixels that are not ignored.
+
+    Args:
+        logits: ``Tensor[B, C, H, W]``.
+        semantic: ``Tensor[B, H, W]`` int64 class indices, 255 = ignore.
+
+    Returns:
+        A scalar; 0 (with a gradient) when every pixel is ignored.
+    """
+    if not bool((semantic != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), semantic, ignore_index=IGNORE_INDEX)
+
+
+@register_task("segment")
+class SegmentTask(Task):
+    """Semantic segmentation with any model that returns ``logits [B, C, H, W]``."""
+
+    best_metric = "mIoU"
+
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        """``{"ce": cross-entropy}`` of ``model(images)`` against the stacked semantic masks."""
+        images, targets = batch
+        return {"ce": segmentation_loss(model(images), stack_semantic(targets))}
+
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
+        """``mIoU``, ``pixel_acc`` and ``IoU/<class>`` over ``loader``, from one confusion matrix.
+
+        The number of classes is the model's output channels; classes are named after
+        ``loader.dataset.classes`` when that list has one name per channel.
+        """
+        evaluator: SegmentationEvaluator | None = None
+        names = list(getattr(loader.dataset, "classes", []) or [])
+        with torch.no_grad():
+            for batch in loader:
+                images, targets = self.to_device(batch, device)
+                logits = model(images)
+                if evaluator is None:
+                    channels = logits.shape[1]
+                    evaluator = SegmentationEvaluator(
+                        channels, names if len(names) == channels else None
+                    )
+                evaluator.update(logits.argmax(1), stack_semantic(targets))
+        if evaluator is None:
+            raise DatasetError("the validation split is empty: no image to evaluate")
+        return evaluator.compute()
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        """mIoU and pixel accuracy, then the IoU of every class."""
+        head = f"mIoU {metrics['mIoU']:.4f} pixel_acc {metrics['pixel_acc']:.4f}"
+        classes = " ".join(
+            f"{key[4:]} {value:.3f}" for key, value in metrics.items() if key.startswith("IoU/")
+        )
+        return f"{head} | IoU {classes}" if classes else head
