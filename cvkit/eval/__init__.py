@@ -1,0 +1,1 @@
+"""Evaluation metrics: COCO box mAP (:mod:`cvkit.eval.coco`) and segmentation scores."""
