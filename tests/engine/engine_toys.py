@@ -83,3 +83,106 @@ def toy_loader(
 ) -> DataLoader:
     """A single-process loader (num_workers=0) over ``dataset``."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, **kwargs)
+
+
+class ToyDetectionDataset(Dataset):
+    """Images of different original sizes, placed into a 64×64 input with scale and offset.
+
+    Each image's pixel ``[0, 0, 0]`` holds its index, so :class:`OracleDetector` can look up
+    its ground truth. Targets follow the loader contract (boxes in input pixels, ``scale``,
+    ``offset``, ``orig_size``); ``coco_ground_truth()`` holds the boxes in original pixels.
+    """
+
+    input_size = 64
+
+    def __init__(self) -> None:
+        sizes = [(100, 60), (80, 120), (50, 50), (90, 70)]  # (h, w) in original pixels
+        self.classes = ["circle", "square"]
+        self.category_ids = [4, 9]
+        generator = torch.Generator().manual_seed(0)
+        self.samples = []
+        for index, (height, width) in enumerate(sizes):
+            count = 1 + index % 3
+            xy = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) * 0.5
+            wh = (torch.rand(count, 2, generator=generator) * 0.4 + 0.1) * torch.tensor(
+                [width, height]
+            )
+            boxes = torch.cat([xy, xy + wh], dim=1)
+            labels = torch.arange(count) % 2
+            # the longer side fills 60 of the 64 pixels; the image sits 2 px from the corner
+            ratio = 60 / max(height, width)
+            self.samples.append((boxes, labels, (height, width), ratio, (2.0, 3.0)))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        boxes, labels, size, ratio, offset = self.samples[index]
+        image = torch.zeros(3, self.input_size, self.input_size)
+        image[0, 0, 0] = index
+        shift = torch.tensor([*offset, *offset])
+        target = {
+            "boxes": boxes * ratio + shift,
+            "labels": labels,
+            "image_id": 100 + index,
+            "orig_size": size,
+            "scale": (ratio, ratio),
+            "offset": offset,
+        }
+        return image, target
+
+    def coco_ground_truth(self) -> dict:
+        images, annotations = [], []
+        for index, (boxes, labels, (height, width), _, _) in enumerate(self.samples):
+            images.append({"id": 100 + index, "width": width, "height": height})
+            for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": 100 + index,
+                        "category_id": self.category_ids[label],
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
+        categories = [
+            {"id": i, "name": n} for i, n in zip(self.category_ids, self.classes, strict=True)
+        ]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def detection_collate(batch):
+    """Stack images, keep targets as a list (the loader contract)."""
+    images, targets = zip(*batch, strict=True)
+    return torch.stack(images), list(targets)
+
+
+class OracleDetector(nn.Module):
+    """A detector whose eval output is the ground truth shifted by ``10 * (1 - w)`` pixels.
+
+    Training returns ``{"shift": (1 - w)^2, "zero": 0 * w}``, so SGD moves ``w`` to 1 and the
+    predictions onto the ground truth; ``mAP`` rises with training.
+    """
+
+    def __init__(self, dataset: ToyDetectionDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, targets=None):
+        if self.training:
+            return {"shift": ((1 - self.w) ** 2).sum(), "zero": (0 * self.w).sum()}
+        outputs = []
+        for image in images:
+            _, target = self.dataset[int(image[0, 0, 0])]
+            shift = 10 * (1 - self.w.detach())
+            outputs.append(
+                {
+                    "boxes": target["boxes"] + shift,
+                    "scores": torch.linspace(1, 0.5, len(target["labels"])),
+                    "labels": target["labels"],
+                }
+            )
+        return outputs
