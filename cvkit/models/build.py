@@ -23,13 +23,13 @@ from cvkit.errors import ConfigError
 ModelBuilder = Callable[[Config, int], nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}
 
-# Packages whose import registers the built-in models; imported on the first lookup so that
-# importing this module stays cheap and free of cycles.
-_BUILTIN_PACKAGES = (
-    "cvkit.models.classification",
-    "cvkit.models.detection",
-    "cvkit.models.segmentation",
-)
+# Modules whose import registers each built-in model; imported on its first lookup, so that
+# importing this module stays cheap and one model's dependencies never affect another's.
+_BUILTIN_MODULES = {
+    "classifier": "cvkit.models.classification",
+    "ssd": "cvkit.models.detection.ssd",
+    "fcn": "cvkit.models.segmentation.fcn",
+}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -44,19 +44,9 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return decorator
 
 
-def _import_builtin_models() -> None:
-    for package in _BUILTIN_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except ModuleNotFoundError as exc:
-            if exc.name != package:
-                raise
-
-
 def registered_models() -> list[str]:
-    """Names accepted as ``model.name``, sorted."""
-    _import_builtin_models()
-    return sorted(_BUILDERS)
+    """Names accepted as ``model.name`` (built-in and registered so far), sorted."""
+    return sorted(set(_BUILDERS) | set(_BUILTIN_MODULES))
 
 
 def build_model(config: Config, num_classes: int) -> nn.Module:
@@ -66,11 +56,11 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
         ConfigError: no model is registered under that name, or ``num_classes`` < 1.
     """
     name = config.model.name
-    if name not in _BUILDERS:
-        _import_builtin_models()
+    if name not in _BUILDERS and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _BUILDERS:
         raise ConfigError(
-            f"model.name: unknown model {name!r}; registered: {', '.join(sorted(_BUILDERS))}"
+            f"model.name: unknown model {name!r}; registered: {', '.join(registered_models())}"
         )
     if num_classes < 1:
         raise ConfigError(f"model.num_classes: need at least one class, got {num_classes}")

@@ -30,6 +30,38 @@ EXPECTED = {
         "layer4": (2048, 2, 7, 32),
     },
 }
+EXPECTED["vgg11_bn"] = {
+    "conv1": (64, 64, 224, 1),
+    "conv2": (128, 32, 112, 2),
+    "conv3": (256, 16, 56, 4),
+    "conv4": (512, 8, 28, 8),
+    "conv5": (512, 4, 14, 16),
+    "pool5": (512, 2, 7, 32),
+}
+# 11x11/4 pad 2 then 3x3/2 pools: 64 -> 15 -> 7 -> 3 -> 1 and 224 -> 55 -> 27 -> 13 -> 6.
+EXPECTED["alexnet"] = {
+    "conv1": (64, 15, 55, 4),
+    "conv2": (192, 7, 27, 8),
+    "conv5": (256, 3, 13, 16),
+    "pool5": (256, 1, 6, 32),
+}
+EXPECTED["nin"] = {
+    "block1": (96, 15, 55, 4),
+    "block2": (256, 7, 27, 8),
+    "block3": (384, 3, 13, 16),
+    "pool3": (384, 1, 6, 32),
+}
+EXPECTED["nin_bn"] = EXPECTED["nin"]
+# ceil-mode pools: 64 -> 32 -> 16 -> 8 -> 4 -> 2.
+EXPECTED["googlenet"] = {
+    "stem": (192, 16, 56, 4),
+    "inception3": (480, 8, 28, 8),
+    "inception4": (832, 4, 14, 16),
+    "inception5": (1024, 2, 7, 32),
+}
+# conv1 is padded (size kept, then pooled), conv2 is not: 64 -> 32 -> 28 -> 14.
+EXPECTED["lenet"] = {"conv1": (6, 32, 112, 2), "conv2": (16, 14, 54, 4)}
+EXPECTED["lenet_classic"] = EXPECTED["lenet"]
 # The tiny variant has a quarter of the channels at the same resolutions.
 EXPECTED["resnet18_tiny"] = {k: (c // 4, *rest) for k, (c, *rest) in EXPECTED["resnet18"].items()}
 
@@ -37,7 +69,12 @@ EXPECTED["resnet18_tiny"] = {k: (c // 4, *rest) for k, (c, *rest) in EXPECTED["r
 TORCHVISION_NODES = {
     "resnet18": {"layer2": "layer2", "layer4": "layer4"},
     "resnet50": {"stem": "maxpool", "layer4": "layer4"},
+    "vgg16": {"conv4": "features.22", "pool5": "features.30"},
+    "alexnet": {"conv2": "features.4", "pool5": "features.12"},
+    "googlenet": {"stem": "conv3", "inception4": "inception4e", "inception5": "inception5b"},
 }
+TINY = ["resnet18_tiny", "resnet34_tiny", "resnet50_tiny", "vgg11_bn_tiny", "vgg11_tiny"]
+TINY += ["alexnet_tiny", "googlenet_tiny", "nin_tiny", "nin_bn_tiny", "lenet", "lenet_classic"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -55,7 +92,7 @@ def test_feature_shapes_and_strides(name, size):
         assert backbone.strides[stage] == expected[3]
 
 
-@pytest.mark.parametrize("name", ["resnet18_tiny", "resnet34_tiny", "resnet50_tiny"])
+@pytest.mark.parametrize("name", TINY)
 def test_forward_backward_reaches_every_parameter(name):
     backbone = create_backbone(name, out_features=None)
     (out,) = backbone(torch.randn(2, 3, 64, 64)).values()
@@ -97,7 +134,8 @@ def test_width_mult_scales_channels():
 
 def _torchvision_file(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)
-    reference = getattr(torchvision.models, name)(weights=None).eval()
+    options = {"init_weights": True} if name == "googlenet" else {}
+    reference = getattr(torchvision.models, name)(weights=None, **options).eval()
     # Non-trivial BatchNorm statistics, so a wrong buffer mapping cannot go unnoticed.
     for module in reference.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -108,6 +146,7 @@ def _torchvision_file(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]
     return reference, path
 
 
+@pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
 @pytest.mark.parametrize("name", sorted(TORCHVISION_NODES))
 def test_torchvision_weights_give_identical_features(name, tmp_path):
     reference, path = _torchvision_file(name, tmp_path)
@@ -153,4 +192,6 @@ def test_missing_corrupt_and_mismatched_files_raise_checkpoint_error(tmp_path):
 
 def test_registry_lists_the_families():
     names = set(list_backbones())
-    assert {"resnet18", "resnet34", "resnet50", "resnet18_tiny"} <= names
+    families = ["resnet18", "resnet34", "resnet50", "alexnet", "googlenet", "nin", "lenet"]
+    families += [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+    assert {*families, "lenet_classic", "nin_bn", "resnet18_tiny", "vgg16_bn_tiny"} <= names

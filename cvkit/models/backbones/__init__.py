@@ -5,7 +5,7 @@ Every backbone returns an ``OrderedDict`` of feature maps and exposes ``channels
 package registers all architectures.
 """
 
-from cvkit.models.backbones import resnet
+from cvkit.models.backbones import alexnet, googlenet, lenet, nin, resnet, vgg
 from cvkit.models.backbones.base import Backbone, StageInfo, scale_channels
 from cvkit.models.backbones.registry import create_backbone, list_backbones, register_backbone
 from cvkit.models.backbones.weights import load_backbone_weights, read_state_dict
@@ -13,11 +13,16 @@ from cvkit.models.backbones.weights import load_backbone_weights, read_state_dic
 __all__ = [
     "Backbone",
     "StageInfo",
+    "alexnet",
     "create_backbone",
+    "googlenet",
+    "lenet",
     "list_backbones",
     "load_backbone_weights",
+    "nin",
     "read_state_dict",
     "register_backbone",
     "resnet",
     "scale_channels",
+    "vgg",
 ]

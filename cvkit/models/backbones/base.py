@@ -229,3 +229,31 @@ class PooledMLPHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``Tensor[B, C, h, w]`` → logits ``Tensor[B, num_classes]``."""
         return self.classifier(self.avgpool(x).flatten(1))
+
+
+class SequentialBackbone(Backbone):
+    """A backbone whose layers form one ``features`` ``nn.Sequential`` (VGG, AlexNet, ...).
+
+    Subclasses build ``features`` and call :meth:`_set_sequential_stages` with
+    ``(StageInfo, last layer index)`` pairs: a stage's output is the output of that layer, and
+    the stage owns the layers after the previous stage's last one.
+    """
+
+    features: nn.Sequential
+
+    def _set_sequential_stages(self, stages: Sequence[tuple[StageInfo, int]]) -> None:
+        self._stage_ends: dict[int, str] = {}
+        grouped = []
+        start = 0
+        for info, end in stages:
+            grouped.append((info, list(self.features[start : end + 1])))
+            self._stage_ends[end] = info.name
+            start = end + 1
+        self._set_stages(grouped)
+
+    def iter_stages(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        """Run ``features`` layer by layer, yielding at the end of every stage."""
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self._stage_ends:
+                yield self._stage_ends[index], x
