@@ -19,10 +19,11 @@ from cvkit.errors import CvkitError
 EXIT_USAGE = 2
 
 # Handler of each command, or the issue that will build it while it is not built yet.
-HANDLERS: dict[str, str] = {}
+HANDLERS: dict[str, str] = {
+    "train": "cvkit.engine.commands:train",
+    "eval": "cvkit.engine.commands:evaluate",
+}
 NOT_BUILT: dict[str, str] = {
-    "train": "the training engine + SSD issue",
-    "eval": "the training engine + SSD issue",
     "predict": "the training engine + SSD issue",
     "export": "the ONNX export issue",
     "serve": "the HTTP serving issue",

@@ -130,6 +130,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best_score = -math.inf
+        self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
         self.metrics: dict[str, float] = {}
         self.stale_validations = 0
@@ -274,6 +275,7 @@ class Trainer:
         improved = math.isfinite(score) and score > self.best_score
         if improved:
             self.best_score = score
+            self.best_epoch = self.epoch
             self.best_metrics = dict(self.metrics)
             self.stale_validations = 0
         else:
@@ -326,6 +328,7 @@ class Trainer:
             "metrics": self.metrics,
             "best_metrics": self.best_metrics,
             "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
             "stale_validations": self.stale_validations,
         }
 
@@ -356,6 +359,7 @@ class Trainer:
         self.metrics = dict(checkpoint.get("metrics") or {})
         self.best_metrics = dict(checkpoint.get("best_metrics") or {})
         self.best_score = float(checkpoint.get("best_score", -math.inf))
+        self.best_epoch = int(checkpoint.get("best_epoch", 0))
         self.stale_validations = int(checkpoint.get("stale_validations", 0))
         if self.history is not None:
             self.history.resume(self.epoch)

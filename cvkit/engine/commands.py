@@ -1,0 +1,179 @@
+"""Handlers of ``cvkit train`` and ``cvkit eval`` (see :mod:`cvkit.cli`).
+
+``cvkit train --cfg CFG [--set K=V ...] [--out DIR] [--resume last.pt] [--json PATH]``:
+config → seed, threads, device → run folder → datasets (checked by :mod:`cvkit.data`) →
+model → :class:`~cvkit.engine.trainer.Trainer` → summary. Under ``torchrun`` every process
+runs this and rank 0 alone writes the run folder.
+
+``cvkit eval --cfg CFG --weights CKPT [--json PATH]`` rebuilds the model from the checkpoint
+and scores it on the config's val split.
+
+``--json`` writes the metrics as JSON: the flat keys (``mAP``, ``mAP50``, ``mAP75`` ...) plus
+one ``per_class_<metric>`` mapping for each ``<metric>/<class>`` key (e.g. ``per_class_AP``);
+NaN (no ground truth) becomes null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvkit.config import Config, load_config
+from cvkit.engine import distributed
+from cvkit.engine.checkpoint import load_model
+from cvkit.engine.environment import (
+    available_cpus,
+    configure_threads,
+    seed_everything,
+    select_device,
+)
+from cvkit.engine.rundir import RunDir, create_run_dir
+from cvkit.engine.tasks import Task, get_task
+from cvkit.engine.trainer import Trainer
+from cvkit.errors import CheckpointError, ConfigError
+from cvkit.logs import get_logger, setup_logging
+
+logger = get_logger("commands")
+
+
+def train(args: argparse.Namespace) -> int:
+    """``cvkit train``: train a model from a config; returns the exit code."""
+    config = load_config(args.cfg, args.overrides)
+    info = distributed.init_distributed()
+    try:
+        return _train(config, args, info)
+    finally:
+        distributed.cleanup_distributed()
+
+
+def _train(config: Config, args: argparse.Namespace, info: distributed.DistInfo) -> int:
+    threads = config.train.threads
+    if threads is None and info.enabled:
+        threads = max(1, available_cpus() // info.local_world_size)
+    configure_threads(threads)
+    device = select_device(config.device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    seed_everything(config.seed)
+    run = _run_dir(config, args) if info.rank == 0 else None
+    if info.rank != 0:
+        setup_logging("WARNING")
+    run_root = distributed.broadcast_object(str(run.root) if run else None)
+    run = RunDir(Path(run_root))
+
+    task = get_task(config.task)(config)
+    train_set = task.build_dataset("train")
+    val_set = task.build_dataset("val")
+    classes = list(train_set.classes)
+    model = task.build_model(_num_classes(config, classes))
+    trainer = Trainer(
+        config,
+        task,
+        model,
+        task.build_loader(train_set, train=True, distributed=info.enabled),
+        task.build_loader(val_set, train=False),
+        run=run,
+        device=device,
+        classes=classes,
+    )
+    if args.resume:
+        trainer.resume(args.resume)
+    start = time.perf_counter()
+    metrics = trainer.fit()
+    if info.rank == 0:
+        elapsed = time.perf_counter() - start
+        best = f" (best.pt: epoch {trainer.best_epoch})" if trainer.best_epoch else ""
+        print(f"cvkit train: {trainer.epoch} epochs in {_duration(elapsed)}{best}")
+        print(format_metrics(task, metrics))
+        print(f"run folder: {run.root} (weights/, metrics.csv, plots/, train.log)")
+        if args.json:
+            extra = {"epoch": trainer.best_epoch, "run": str(run.root), "time_s": elapsed}
+            write_metrics_json(args.json, metrics, extra)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``cvkit eval``: score a checkpoint on the config's val split; returns the exit code."""
+    config = load_config(args.cfg, args.overrides)
+    configure_threads(config.train.threads)
+    device = select_device(config.device)
+    model, checkpoint = load_model(args.weights, device)
+    task = get_task(config.task)(config)
+    val_set = task.build_dataset("val")
+    if list(val_set.classes) != list(checkpoint["classes"]):
+        raise CheckpointError(
+            f"{args.weights}: trained for classes {checkpoint['classes']}, but the val split "
+            f"has {list(val_set.classes)}"
+        )
+    start = time.perf_counter()
+    with torch.no_grad():
+        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device)
+    print(
+        f"cvkit eval: {args.weights} on {len(val_set)} images in "
+        f"{_duration(time.perf_counter() - start)}"
+    )
+    print(format_metrics(task, metrics))
+    if args.json:
+        write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
+    return 0
+
+
+def format_metrics(task: Task, metrics: dict[str, float]) -> str:
+    """The task's one-line summary, then one ``<metric>/<class>`` value per line."""
+    lines = [task.describe(metrics)]
+    per_class = {k: v for k, v in metrics.items() if "/" in k}
+    if per_class:
+        width = max(len(key) for key in per_class)
+        lines += [f"  {key:<{width}}  {value:.4f}" for key, value in per_class.items()]
+    return "\n".join(lines)
+
+
+def metrics_json(metrics: dict[str, float]) -> dict[str, Any]:
+    """Metrics for JSON: ``<metric>/<class>`` keys grouped as ``per_class_<metric>``; NaN → None."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        clean = None if isinstance(value, float) and not math.isfinite(value) else value
+        metric, sep, name = key.partition("/")
+        if sep:
+            out.setdefault(f"per_class_{metric}", {})[name] = clean
+        else:
+            out[key] = clean
+    return out
+
+
+def write_metrics_json(path: str | Path, metrics: dict[str, float], extra: dict[str, Any]) -> Path:
+    """Write :func:`metrics_json` plus ``extra`` keys to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**metrics_json(metrics), **extra}, indent=2), encoding="utf-8")
+    return path
+
+
+def _run_dir(config: Config, args: argparse.Namespace) -> RunDir:
+    """``--out``, else the run folder of ``--resume``'s checkpoint, else a new one in ``runs/``."""
+    out = args.out
+    if out is None and args.resume:
+        resume = Path(args.resume)
+        if resume.parent.name == "weights":
+            out = resume.parent.parent
+    return create_run_dir(config, out=out)
+
+
+def _num_classes(config: Config, classes: list[str]) -> int:
+    if config.model.num_classes is not None and config.model.num_classes != len(classes):
+        raise ConfigError(
+            f"model.num_classes: {config.model.num_classes}, but the dataset has "
+            f"{len(classes)} classes {classes}; leave it unset to use the dataset's"
+        )
+    return len(classes)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
