@@ -6,9 +6,9 @@ config's schedule, AMP, gradient clipping, accumulation and EMA; validates every
 when ``task.best_metric`` improves (both atomically); logs one line per epoch and keeps
 ``metrics.jsonl`` / ``metrics.csv`` and a PNG of the curves in the run folder.
 
-Under ``torchrun`` the model is wrapped in DistributedDataParallel; the loader should use a
-DistributedSampler (``task.build_loader(..., distributed=True)``). Only rank 0 logs, validates
-and writes files; the others wait for it.
+Under ``torchrun`` the model is wrapped in DistributedDataParallel (BatchNorm synchronised on
+CUDA); the loader should use a DistributedSampler (``task.build_loader(..., distributed=True)``).
+Only rank 0 logs, validates and writes files; the others wait for it.
 
 Resuming from ``last.pt`` restores weights, optimizer, scheduler, AMP scaler, EMA, the RNG
 states and the epoch/step counters, and each epoch re-seeds the loader's generator from
@@ -115,6 +115,9 @@ class Trainer:
         if category_ids is None and getattr(dataset, "category_ids", None) is not None:
             self.category_ids = list(dataset.category_ids)
         self.is_main = distributed.is_main_process()
+        if distributed.is_distributed() and self.device.type == "cuda":
+            # batch statistics over the whole global batch, as in single-GPU training
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulate)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
