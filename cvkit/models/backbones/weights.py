@@ -25,11 +25,11 @@ logger = get_logger("models.weights")
 BACKBONE_PREFIX = "backbone."
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The model state dict stored in ``path``.
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
+    """The model state dict stored in ``path`` and, for a cvkit checkpoint, its class names.
 
-    Accepts a plain state dict (torchvision's ``.pth`` files) or a cvkit checkpoint (a dict
-    whose ``model`` entry is the state dict).
+    Accepts a plain state dict (torchvision's ``.pth`` files; classes ``None``) or a cvkit
+    checkpoint (a dict whose ``model`` entry is the state dict and ``classes`` the names).
 
     Raises:
         CheckpointError: the file is missing, truncated, not a torch file, or holds no tensors.
@@ -41,14 +41,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable torch weights file ({exc})") from None
+    classes = None
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        classes = data.get("classes")
         data = data["model"]
     if not isinstance(data, Mapping) or not data:
         raise CheckpointError(f"{path}: expected a state dict (name → tensor), got {type(data)}")
     bad = [key for key, value in data.items() if not isinstance(value, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}")
-    return dict(data)
+    return dict(data), list(classes) if classes is not None else None
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The model state dict stored in ``path`` (see :func:`read_weights`)."""
+    return read_weights(path)[0]
 
 
 def backbone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -71,16 +78,36 @@ def adapt_stem(weight: Tensor, in_channels: int) -> Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
 
 
-def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
-    """Load ``path`` into ``backbone`` (strict on the backbone's own keys and shapes).
+def split_reference_state(
+    backbone: Backbone, state: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split a state dict into ``(backbone part, head part)``.
+
+    A cvkit model's dict splits on its ``backbone.`` / ``head.`` prefixes; a torchvision
+    dict on ``backbone.head_prefixes`` (those keys form the head part unchanged; auxiliary
+    heads in ``ignored_prefixes`` are dropped).
+    """
+    if any(key.startswith(BACKBONE_PREFIX) for key in state):
+        head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+        return backbone_state(state), head
+    head = {k: v for k, v in state.items() if k.startswith(backbone.head_prefixes)}
+    skip = backbone.head_prefixes + backbone.ignored_prefixes
+    body = {k: v for k, v in state.items() if not k.startswith(skip)}
+    return body, head
+
+
+def load_backbone_state(
+    backbone: Backbone, state: Mapping[str, Tensor], source: str | Path
+) -> None:
+    """Load a backbone-only state dict strictly (all keys, equal shapes).
+
+    A first-convolution weight made for another number of input channels is adapted with
+    :func:`adapt_stem`.
 
     Raises:
-        CheckpointError: unreadable file, missing or unexpected keys, or shape mismatches
-            (for example a ResNet-50 file given to a ResNet-18, or a ``width_mult`` model).
+        CheckpointError: missing or unexpected keys, or shape mismatches; names ``source``.
     """
-    state = backbone_state(read_state_dict(path))
-    skip = backbone.head_prefixes + backbone.ignored_prefixes
-    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    state = dict(state)
     own = backbone.state_dict()
     stem = backbone.stem_weight
     if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
@@ -99,7 +126,18 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
             if items
         ]
         raise CheckpointError(
-            f"{path}: weights do not fit backbone {type(backbone).__name__}: " + "; ".join(parts)
+            f"{source}: weights do not fit backbone {type(backbone).__name__}: " + "; ".join(parts)
         )
     backbone.load_state_dict(state)
-    logger.info("loaded %d backbone tensors from %s", len(state), path)
+    logger.info("loaded %d backbone tensors from %s", len(state), source)
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
+    """Load the backbone part of the weights file ``path`` into ``backbone``.
+
+    Raises:
+        CheckpointError: unreadable file, missing or unexpected keys, or shape mismatches
+            (for example a ResNet-50 file given to a ResNet-18, or a ``width_mult`` model).
+    """
+    body, _ = split_reference_state(backbone, read_state_dict(path))
+    load_backbone_state(backbone, body, path)

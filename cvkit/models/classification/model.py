@@ -15,6 +15,7 @@ from cvkit.config import Config
 from cvkit.models.backbones import Backbone, create_backbone
 from cvkit.models.backbones.base import PoolLinearHead
 from cvkit.models.build import register_model
+from cvkit.models.transfer import body_head_groups
 
 
 class ImageClassifier(nn.Module):
@@ -46,35 +47,22 @@ class ImageClassifier(nn.Module):
         (features,) = self.backbone(images).values()
         return self.head(features)
 
-    def output_layer(self) -> nn.Linear:
-        """The last linear layer (one row per class)."""
-        return [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]
-
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Body and head parameter groups with their ``lr_mult`` (frozen ones dropped).
 
         Used by :func:`cvkit.engine.optim.build_optimizer`: each group trains at
         ``train.lr * lr_mult``.
         """
-        groups = [
-            {
-                "name": "body",
-                "params": list(self.backbone.parameters()),
-                "lr_mult": self.body_lr_mult,
-            },
-            {"name": "head", "params": list(self.head.parameters()), "lr_mult": self.head_lr_mult},
-        ]
-        for group in groups:
-            group["params"] = [p for p in group["params"] if p.requires_grad]
-        return [group for group in groups if group["params"]]
+        return body_head_groups(self, self.body_lr_mult, self.head_lr_mult)
 
 
 @register_model("classifier")
 def build_classifier(config: Config, num_classes: int) -> ImageClassifier:
     """The classifier that ``model:`` describes (``backbone``, ``width_mult``, ``classifier``).
 
-    Stages up to ``model.freeze_at`` are frozen; ``model.pretrained`` is applied by
-    :func:`cvkit.models.transfer.load_pretrained`, not here.
+    Stages up to ``model.freeze_at`` are frozen. ``model.pretrained`` is applied by the
+    classify task (:func:`cvkit.models.transfer.prepare_finetuning`), not here, so that
+    rebuilding a model from its checkpoint never reads the original weights file.
     """
     cfg = config.model
     backbone = create_backbone(cfg.backbone, width_mult=cfg.width_mult, in_channels=cfg.in_channels)
