@@ -1,0 +1,78 @@
+"""Pure tensor ops every stage builds on: boxes, IoU, NMS, anchors, matching, box coding, RoI.
+
+Boxes are ``Tensor[N, 4]`` ``(x1, y1, x2, y2)`` in pixels unless a docstring says otherwise.
+All functions run on CPU and CUDA tensors; the CPU kernels are faster than torchvision's and
+give the same results (``benchmarks/results/ops.md``).
+"""
+
+from cvkit.ops.anchors import (
+    default_ssd_sizes,
+    grid_anchors,
+    multibox_prior,
+    ssd_anchors,
+    yolo_anchors,
+)
+from cvkit.ops.boxes import (
+    BoxError,
+    box_area,
+    box_convert,
+    clip_boxes,
+    remove_small_boxes,
+    sanitize_boxes,
+)
+from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances, stds_from_weights
+from cvkit.ops.iou import (
+    aligned_box_iou,
+    aligned_complete_box_iou,
+    aligned_distance_box_iou,
+    aligned_generalized_box_iou,
+    box_iou,
+    ciou_loss,
+    complete_box_iou,
+    diou_loss,
+    distance_box_iou,
+    generalized_box_iou,
+    giou_loss,
+    mask_iou,
+)
+from cvkit.ops.matching import balanced_sample, greedy_assign, hard_negative_mask, threshold_match
+from cvkit.ops.nms import batched_nms, batched_nms_padded, diou_nms, nms, soft_nms
+
+__all__ = [
+    "BoxError",
+    "aligned_box_iou",
+    "aligned_complete_box_iou",
+    "aligned_distance_box_iou",
+    "aligned_generalized_box_iou",
+    "balanced_sample",
+    "batched_nms",
+    "batched_nms_padded",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "ciou_loss",
+    "clip_boxes",
+    "complete_box_iou",
+    "decode_boxes",
+    "default_ssd_sizes",
+    "diou_loss",
+    "diou_nms",
+    "distance_box_iou",
+    "encode_boxes",
+    "generalized_box_iou",
+    "giou_loss",
+    "greedy_assign",
+    "grid_anchors",
+    "hard_negative_mask",
+    "mask_iou",
+    "multibox_prior",
+    "nms",
+    "remove_small_boxes",
+    "sanitize_boxes",
+    "soft_nms",
+    "ssd_anchors",
+    "stds_from_variances",
+    "stds_from_weights",
+    "threshold_match",
+    "yolo_anchors",
+]
