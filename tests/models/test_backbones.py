@@ -1,10 +1,7 @@
 """Backbones: feature shapes/strides, gradients, torchvision weight compatibility, bad files."""
 
-from pathlib import Path
-
 import pytest
 import torch
-import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from cvkit.errors import CheckpointError, ConfigError
@@ -132,24 +129,10 @@ def test_width_mult_scales_channels():
     assert tiny.channels == {"layer4": 64}
 
 
-def _torchvision_file(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
-    torch.manual_seed(0)
-    options = {"init_weights": True} if name == "googlenet" else {}
-    reference = getattr(torchvision.models, name)(weights=None, **options).eval()
-    # Non-trivial BatchNorm statistics, so a wrong buffer mapping cannot go unnoticed.
-    for module in reference.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / f"{name}.pth"
-    torch.save(reference.state_dict(), path)
-    return reference, path
-
-
 @pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
 @pytest.mark.parametrize("name", sorted(TORCHVISION_NODES))
-def test_torchvision_weights_give_identical_features(name, tmp_path):
-    reference, path = _torchvision_file(name, tmp_path)
+def test_torchvision_weights_give_identical_features(name, torchvision_file):
+    reference, path = torchvision_file(name)
     nodes = TORCHVISION_NODES[name]
     backbone = create_backbone(name, pretrained=path, out_features=list(nodes)).eval()
     extractor = create_feature_extractor(reference, return_nodes=list(nodes.values()))
@@ -161,8 +144,8 @@ def test_torchvision_weights_give_identical_features(name, tmp_path):
         torch.testing.assert_close(ours[stage], theirs[node], rtol=0, atol=0)
 
 
-def test_grey_input_adapts_pretrained_stem(tmp_path):
-    _, path = _torchvision_file("resnet18", tmp_path)
+def test_grey_input_adapts_pretrained_stem(torchvision_file):
+    _, path = torchvision_file("resnet18")
     grey = create_backbone("resnet18", pretrained=path, in_channels=1).eval()
     rgb = create_backbone("resnet18", pretrained=path).eval()
     image = torch.rand(1, 1, 64, 64)

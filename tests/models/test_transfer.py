@@ -3,7 +3,6 @@ by name, freezing stops gradients and BN statistics, and parameter groups carry 
 
 import pytest
 import torch
-import torchvision
 
 from cvkit.config import load_config
 from cvkit.engine.optim import build_optimizer
@@ -20,16 +19,8 @@ def classifier(backbone, num_classes, *overrides):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "alexnet", "googlenet"])
-def test_torchvision_classifier_file_gives_identical_logits(name, tmp_path):
-    torch.manual_seed(0)
-    options = {"init_weights": True} if name == "googlenet" else {}
-    reference = getattr(torchvision.models, name)(weights=None, num_classes=10, **options).eval()
-    for module in reference.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / f"{name}.pth"
-    torch.save(reference.state_dict(), path)
+def test_torchvision_classifier_file_gives_identical_logits(name, torchvision_file):
+    reference, path = torchvision_file(name, num_classes=10)
     model, _ = classifier(name, 10, "model.classifier.head=native")
     classes = [f"class{i}" for i in range(10)]
     report = load_pretrained(
@@ -85,14 +76,12 @@ def test_output_layer_is_reinitialized_without_reuse(tmp_path):
     assert not torch.equal(before, source.head.classifier[-1].weight)
 
 
-def test_class_row_mapping_and_errors(tmp_path):
+def test_class_row_mapping_and_errors(torchvision_file):
     assert class_row_mapping(["a", "b"], ["b", "x", "a"]) == {0: 1, 2: 0}
     assert class_row_mapping(["a", "b"], ["x"], {"x": "b"}) == {0: 1}
     with pytest.raises(ConfigError, match="class_map"):
         class_row_mapping(["a"], ["x"], {"y": "a"})
-    reference = torchvision.models.resnet18(weights=None, num_classes=4)
-    path = tmp_path / "resnet18.pth"
-    torch.save(reference.state_dict(), path)
+    _, path = torchvision_file("resnet18", num_classes=4)
     model, _ = classifier("resnet18", 2)
     with pytest.raises(ConfigError, match="source_classes"):
         load_pretrained(model, path, ["a", "b"], reuse_classes=True)
