@@ -1,0 +1,293 @@
+"""SSD, the single-shot multibox detector, on any cvkit backbone.
+
+The backbone's selected stages plus ``extra_blocks`` blocks that each halve the resolution of
+the last map form the feature levels. At every cell of every level, ``n + m - 1`` anchors
+(``n`` sizes, ``m`` ratios; :mod:`cvkit.ops.anchors`) each get class logits (background + C
+classes) and four box offsets from a 3×3 convolution. Training matches anchors to ground truth
+(:mod:`cvkit.ops.matching`), encodes the offsets with the SSD variances (:mod:`cvkit.ops.coder`)
+and applies :func:`~cvkit.models.detection.losses.multibox_loss` (hard negatives 3:1).
+Inference decodes every anchor (:meth:`SSD.candidates`) and runs class-aware NMS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cvkit.config import Config
+from cvkit.config.eval import EvalConfig
+from cvkit.config.model import SSDConfig
+from cvkit.errors import ConfigError
+from cvkit.models.backbones import Backbone, create_backbone
+from cvkit.models.build import register_model
+from cvkit.models.detection.losses import multibox_loss
+from cvkit.models.detection.postprocess import select_detections
+from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
+from cvkit.ops.boxes import clip_boxes
+from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
+from cvkit.ops.iou import box_iou
+from cvkit.ops.matching import greedy_assign
+
+
+def extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1×1 conv to half width, then a stride-2 3×3 conv: halves the resolution (BN + ReLU)."""
+    mid = max(out_channels // 2, 8)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, out_channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _flatten_level(output: Tensor, columns: int) -> Tensor:
+    """``Tensor[B, A * columns, H, W]`` → ``Tensor[B, H * W * A, columns]`` (cell-major)."""
+    return output.permute(0, 2, 3, 1).reshape(output.shape[0], -1, columns)
+
+
+class SSDHead(nn.Module):
+    """One class predictor and one box predictor (3×3 convolutions) per feature level.
+
+    Args:
+        in_channels: channels of each level.
+        anchors_per_cell: anchors at every cell of each level.
+        num_classes: foreground classes; the logits get one more column (background, index 0).
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int], anchors_per_cell: Sequence[int], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.num_logits = num_classes + 1
+        pairs = list(zip(in_channels, anchors_per_cell, strict=True))
+        self.classifiers = nn.ModuleList(
+            nn.Conv2d(c, a * self.num_logits, 3, padding=1) for c, a in pairs
+        )
+        self.regressors = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in pairs)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Predictions of every anchor, levels concatenated in order.
+
+        Returns:
+            logits (Tensor[B, A, C + 1]) and box offsets (Tensor[B, A, 4]), anchors ordered
+            level, row, column, anchor.
+        """
+        logits = [
+            _flatten_level(conv(x), self.num_logits)
+            for conv, x in zip(self.classifiers, features, strict=True)
+        ]
+        deltas = [
+            _flatten_level(conv(x), 4) for conv, x in zip(self.regressors, features, strict=True)
+        ]
+        return torch.cat(logits, 1), torch.cat(deltas, 1)
+
+
+def level_anchor_sizes(options: SSDConfig, num_levels: int) -> list[list[float]]:
+    """Anchor sizes (fractions of the input height) of each level.
+
+    ``options.anchor_sizes`` when given, else the SSD paper's rule
+    (:func:`~cvkit.ops.anchors.default_ssd_sizes` from ``min_scale`` to ``max_scale``).
+
+    Raises:
+        ConfigError: ``anchor_sizes`` does not have one non-empty list per level.
+    """
+    if options.anchor_sizes is None:
+        return default_ssd_sizes(num_levels, options.min_scale, options.max_scale)
+    if len(options.anchor_sizes) != num_levels or not all(options.anchor_sizes):
+        raise ConfigError(
+            f"model.ssd.anchor_sizes: needs one non-empty list per feature level "
+            f"({num_levels}: model.out_features + model.ssd.extra_blocks), "
+            f"got {options.anchor_sizes}"
+        )
+    return [list(sizes) for sizes in options.anchor_sizes]
+
+
+class SSD(nn.Module):
+    """Single-shot multibox detector.
+
+    Args:
+        backbone: any :class:`Backbone`; all of its selected stages feed the head.
+        num_classes: foreground classes (labels 0..C-1; the background slot stays inside).
+        options: ``model.ssd`` (extra blocks, anchors, matching and loss settings).
+        inference: ``eval`` section (score threshold, NMS IoU, detections per image).
+        body_lr_mult: learning-rate multiplier of the backbone's parameters.
+        head_lr_mult: learning-rate multiplier of the extra blocks and predictors.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        options: SSDConfig | None = None,
+        inference: EvalConfig | None = None,
+        body_lr_mult: float = 1.0,
+        head_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.options = options or SSDConfig()
+        self.inference = inference or EvalConfig()
+        self.num_classes = num_classes
+        self.body_lr_mult = body_lr_mult
+        self.head_lr_mult = head_lr_mult
+        self.backbone = backbone
+        channels = list(backbone.channels.values())
+        width = self.options.extra_channels
+        self.extras = nn.ModuleList(
+            extra_block(channels[-1] if i == 0 else width, width)
+            for i in range(self.options.extra_blocks)
+        )
+        channels += [width] * self.options.extra_blocks
+        self.anchor_sizes = level_anchor_sizes(self.options, len(channels))
+        self.anchor_ratios = list(self.options.anchor_ratios)
+        self.box_stds = stds_from_variances(self.options.variances)
+        anchors_per_cell = [len(sizes) + len(self.anchor_ratios) - 1 for sizes in self.anchor_sizes]
+        self.head = SSDHead(channels, anchors_per_cell, num_classes)
+        self._anchor_cache: dict[tuple[Any, ...], Tensor] = {}
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Feature maps of every level, finest first: backbone stages, then extra blocks."""
+        levels = list(self.backbone(images).values())
+        for block in self.extras:
+            levels.append(block(levels[-1]))
+        return levels
+
+    def anchors(self, features: Sequence[Tensor], image_size: tuple[int, int]) -> Tensor:
+        """Anchors of every level, in the head's order.
+
+        Args:
+            features: the level maps (only their sizes and device are used).
+            image_size: (height, width) of the input images in pixels.
+
+        Returns:
+            Tensor[A, 4]: float32 (x1, y1, x2, y2) in input pixels.
+        """
+        grids = tuple(tuple(f.shape[-2:]) for f in features)
+        key = (grids, image_size, features[0].device)
+        if key not in self._anchor_cache:
+            anchors = ssd_anchors(grids, self.anchor_sizes, self.anchor_ratios, image_size)
+            self._anchor_cache = {key: anchors.to(features[0].device)}
+        return self._anchor_cache[key]
+
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw head outputs: logits [B, A, C + 1], offsets [B, A, 4] and anchors [A, 4]."""
+        features = self.features(images)
+        logits, deltas = self.head(features)
+        return logits, deltas, self.anchors(features, tuple(images.shape[-2:]))
+
+    def candidates(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoded pre-NMS predictions of every anchor.
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalized images.
+
+        Returns:
+            boxes (Tensor[B, A, 4]): (x1, y1, x2, y2) in input pixels, clipped to the image;
+            scores (Tensor[B, A, C]): class probabilities in [0, 1], no background column.
+        """
+        logits, deltas, anchors = self.predict(images)
+        boxes = decode_boxes(deltas.float(), anchors, stds=self.box_stds)
+        boxes = clip_boxes(boxes, tuple(images.shape[-2:]))
+        return boxes, logits.float().softmax(-1)[..., 1:]
+
+    def forward(
+        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses in training mode, detections in eval mode.
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalized images.
+            targets: training only; per image ``boxes`` Tensor[N, 4] xyxy input pixels and
+                ``labels`` Tensor[N] int64 in 0..C-1.
+
+        Returns:
+            training: ``{"cls": Tensor[], "box": Tensor[]}``;
+            eval: per image ``{boxes [K, 4] xyxy pixels, scores [K], labels [K]}``.
+        """
+        if not self.training:
+            boxes, scores = self.candidates(images)
+            return select_detections(
+                boxes,
+                scores,
+                self.inference.score_threshold,
+                self.inference.iou_threshold,
+                self.inference.max_det,
+                self.options.topk_candidates,
+            )
+        if targets is None or len(targets) != len(images):
+            raise ValueError("SSD in training mode needs one target dict per image")
+        logits, deltas, anchors = self.predict(images)
+        cls_targets, box_targets = self.match(anchors, targets)
+        losses = multibox_loss(
+            logits,
+            deltas,
+            cls_targets,
+            box_targets,
+            self.options.neg_pos_ratio,
+            self.options.box_loss,
+        )
+        losses["box"] = losses["box"] * self.options.box_loss_weight
+        return losses
+
+    def match(self, anchors: Tensor, targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Training targets of every anchor.
+
+        Args:
+            anchors (Tensor[A, 4]): xyxy pixels.
+            targets: per image ``boxes`` [N, 4] xyxy pixels and ``labels`` [N].
+
+        Returns:
+            cls_targets (Tensor[B, A]) int64: 0 background, ``label + 1`` for a matched anchor;
+            box_targets (Tensor[B, A, 4]): encoded offsets to the matched box (anchors without
+            a match encode themselves, and the loss never reads them).
+        """
+        classes, matched_boxes = [], []
+        for target in targets:
+            boxes, labels = target["boxes"], target["labels"]
+            if boxes.numel() == 0:
+                classes.append(torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device))
+                matched_boxes.append(anchors)
+                continue
+            matched = greedy_assign(box_iou(anchors, boxes), self.options.iou_threshold)
+            found = matched >= 0
+            index = matched.clamp(min=0)
+            classes.append(torch.where(found, labels[index] + 1, 0))
+            matched_boxes.append(torch.where(found[:, None], boxes[index], anchors))
+        box_targets = encode_boxes(torch.stack(matched_boxes), anchors, stds=self.box_stds)
+        return torch.stack(classes), box_targets
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Body (backbone) and head (extra blocks + predictors) groups with their ``lr_mult``."""
+        groups = [
+            {"name": "body", "params": self.backbone.parameters(), "lr_mult": self.body_lr_mult},
+            {
+                "name": "head",
+                "params": [*self.extras.parameters(), *self.head.parameters()],
+                "lr_mult": self.head_lr_mult,
+            },
+        ]
+        for group in groups:
+            group["params"] = [p for p in group["params"] if p.requires_grad]
+        return [group for group in groups if group["params"]]
+
+
+@register_model("ssd")
+def build_ssd(config: Config, num_classes: int) -> SSD:
+    """The SSD that ``model:`` describes: ``backbone``, ``out_features``, ``ssd`` options.
+
+    Stages up to ``model.freeze_at`` are frozen; ``model.pretrained`` is applied by the
+    training task, not here. Thresholds for inference come from the ``eval:`` section.
+    """
+    cfg = config.model
+    backbone = create_backbone(
+        cfg.backbone,
+        out_features=cfg.out_features,
+        width_mult=cfg.width_mult,
+        in_channels=cfg.in_channels,
+    )
+    backbone.freeze(cfg.freeze_at)
+    return SSD(backbone, num_classes, cfg.ssd, config.eval, cfg.body_lr_mult, cfg.head_lr_mult)
