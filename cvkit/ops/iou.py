@@ -129,7 +129,7 @@ def _diou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         - torch.minimum(boxes1[..., :2], boxes2[..., :2])
     ).clamp(min=0)
     diagonal_sq = enclosing_wh.square().sum(-1) + eps
-    centre_delta = (boxes1[..., :2] + boxes1[..., 2:] - boxes2[..., :2] - boxes2[..., 2:]) / 2
+    centre_delta = (boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2
     return iou - centre_delta.square().sum(-1) / diagonal_sq, iou
 
 
