@@ -1,0 +1,333 @@
+"""Dataset validation: every problem found, counted and named with its file.
+
+:func:`check_dataset` (``cvkit data check PATH``) reads a dataset in any format and reports:
+missing or unreadable images, image sizes that differ from the annotations, boxes that are NaN,
+have zero or negative area, or leave the image, labels outside the class list, COCO category
+ids that are unknown, not contiguous, or 0-based where the categories are 1-based (the
+0- vs 1-based trap), duplicate image ids, unreadable semantic masks, and images without
+objects. Problems are ``error`` (the sample cannot be trained on) or ``warning`` (usable as
+is: empty images, non-contiguous ids, boxes that stick out but keep an area inside).
+
+:func:`validate_for_training` is the hook ``build_dataset`` runs before training: it refuses a
+dataset with errors, showing the report, or, with ``data.skip_invalid``, drops the bad samples
+and logs how many.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from cvkit.data.records import Records, Sample, read_image
+from cvkit.errors import DatasetError
+from cvkit.logs import get_logger
+
+ERROR, WARNING = "error", "warning"
+# Boxes may stick out of the image by this many pixels before it is reported.
+BOUNDS_TOLERANCE = 1.0
+_LISTED = 10
+
+logger = get_logger("data")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: its level, kind (a short fixed phrase), file and detail."""
+
+    level: str
+    kind: str
+    file: str
+    detail: str = ""
+    image_id: int | None = None
+
+
+@dataclass
+class CheckReport:
+    """All problems of one dataset split, with the number of images checked."""
+
+    source: str
+    num_images: int = 0
+    num_objects: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == WARNING]
+
+    def bad_image_ids(self) -> set[int]:
+        """Ids of images with at least one error."""
+        return {p.image_id for p in self.errors if p.image_id is not None}
+
+    def kinds(self) -> dict[str, int]:
+        """Count of problems per kind."""
+        counts: dict[str, int] = defaultdict(int)
+        for problem in self.problems:
+            counts[problem.kind] += 1
+        return dict(counts)
+
+    def format(self) -> str:
+        """A human-readable report: a summary line, then each kind with its files."""
+        lines = [
+            f"{self.source}: {self.num_images} images, {self.num_objects} objects, "
+            f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+        ]
+        grouped: dict[tuple[str, str], list[Problem]] = defaultdict(list)
+        for problem in self.problems:
+            grouped[(problem.level, problem.kind)].append(problem)
+        for (level, kind), problems in sorted(grouped.items()):
+            lines.append(f"  {level}: {kind} ({len(problems)})")
+            for problem in problems[:_LISTED]:
+                detail = f": {problem.detail}" if problem.detail else ""
+                lines.append(f"    {problem.file}{detail}")
+            if len(problems) > _LISTED:
+                lines.append(f"    ... and {len(problems) - _LISTED} more")
+        return "\n".join(lines)
+
+
+def coco_json_problems(json_path: Path) -> list[Problem]:
+    """Problems visible only in a COCO file's raw JSON (before ids become labels)."""
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    name = str(json_path)
+    problems = []
+    ids = sorted(int(c["id"]) for c in data.get("categories", []))
+    names = [str(c.get("name", "")) for c in data.get("categories", [])]
+    if len(set(ids)) != len(ids):
+        problems.append(Problem(ERROR, "duplicate category ids", name, f"ids {ids}"))
+    if len(set(names)) != len(names):
+        problems.append(Problem(ERROR, "duplicate category names", name, f"names {names}"))
+    if ids and ids != list(range(ids[0], ids[0] + len(ids))):
+        problems.append(
+            Problem(
+                WARNING,
+                "category ids not contiguous",
+                name,
+                f"ids {ids} are mapped to labels 0..{len(ids) - 1} in id order",
+            )
+        )
+    images = {int(image["id"]): image.get("file_name", "?") for image in data.get("images", [])}
+    known = set(ids)
+    for ann in data.get("annotations", []):
+        image_id = int(ann.get("image_id", -1))
+        where = f"{images.get(image_id, name)} (annotation {ann.get('id')})"
+        if image_id not in images:
+            problems.append(
+                Problem(ERROR, "annotation of an unknown image", name, f"image_id {image_id}")
+            )
+        category = ann.get("category_id")
+        if category not in known:
+            hint = ""
+            if category == 0 and ids and ids[0] == 1:
+                hint = " (0-based ids in annotations, 1-based categories?)"
+            problems.append(
+                Problem(
+                    ERROR,
+                    "unknown category id",
+                    where,
+                    f"category_id {category} not in categories {ids}{hint}",
+                    image_id,
+                )
+            )
+    return problems
+
+
+def _box_problems(sample: Sample, num_classes: int) -> list[Problem]:
+    problems = []
+    file, image_id = sample.file_name, sample.image_id
+    for index, (box, label) in enumerate(zip(sample.boxes, sample.labels, strict=True)):
+        if label < 0 or label >= num_classes:
+            problems.append(
+                Problem(
+                    ERROR,
+                    "label outside the class list",
+                    file,
+                    f"object {index}: label {label}, classes 0..{num_classes - 1}",
+                    image_id,
+                )
+            )
+        if not np.isfinite(box).all():
+            problems.append(
+                Problem(
+                    ERROR,
+                    "box is NaN or infinite",
+                    file,
+                    f"object {index}: {box.tolist()}",
+                    image_id,
+                )
+            )
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if x2 <= x1 or y2 <= y1:
+            problems.append(
+                Problem(
+                    ERROR,
+                    "box has zero or negative area",
+                    file,
+                    f"object {index}: (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g})",
+                    image_id,
+                )
+            )
+            continue
+        tol = BOUNDS_TOLERANCE
+        if x1 < -tol or y1 < -tol or x2 > sample.width + tol or y2 > sample.height + tol:
+            inside = min(x2, sample.width) > max(x1, 0) and min(y2, sample.height) > max(y1, 0)
+            problems.append(
+                Problem(
+                    WARNING if inside else ERROR,
+                    "box outside the image" if not inside else "box out of bounds (clipped)",
+                    file,
+                    f"object {index}: ({x1:g}, {y1:g}, {x2:g}, {y2:g}) in a "
+                    f"{sample.width}x{sample.height} image",
+                    image_id,
+                )
+            )
+    return problems
+
+
+def _image_problems(sample: Sample, decode: bool) -> list[Problem]:
+    """Missing/unreadable image or semantic mask, and size mismatch with the annotation."""
+    if sample.image is not None:
+        height, width = sample.image.shape[:2]
+    else:
+        file = str(sample.path)
+        if sample.path is None or not Path(sample.path).is_file():
+            return [Problem(ERROR, "missing image file", file, "", sample.image_id)]
+        try:
+            if decode:
+                height, width = read_image(sample.path).shape[:2]
+            else:
+                from PIL import Image
+
+                with Image.open(sample.path) as image:
+                    width, height = image.size
+        except (DatasetError, OSError) as exc:
+            return [Problem(ERROR, "unreadable image", file, str(exc), sample.image_id)]
+    problems = []
+    if (height, width) != (sample.height, sample.width):
+        problems.append(
+            Problem(
+                ERROR,
+                "image size differs from the annotation",
+                str(sample.path or sample.file_name),
+                f"file {width}x{height}, annotated {sample.width}x{sample.height}",
+                sample.image_id,
+            )
+        )
+    if decode and sample.semantic_path is not None:
+        try:
+            semantic = sample.load_semantic()
+        except DatasetError as exc:
+            kind = (
+                "missing semantic mask"
+                if not sample.semantic_path.exists()
+                else "unreadable semantic mask"
+            )
+            return [
+                *problems,
+                Problem(ERROR, kind, str(sample.semantic_path), str(exc), sample.image_id),
+            ]
+        if semantic.shape != (height, width):
+            problems.append(
+                Problem(
+                    ERROR,
+                    "semantic mask size differs from the image",
+                    str(sample.semantic_path),
+                    f"mask {semantic.shape[1]}x{semantic.shape[0]}, image {width}x{height}",
+                    sample.image_id,
+                )
+            )
+    return problems
+
+
+def check_records(records: Records, decode: bool = True) -> CheckReport:
+    """Check every sample of ``records``.
+
+    Args:
+        records: the split to check.
+        decode: decode every image (finds corrupt files); otherwise only read image headers.
+    """
+    report = CheckReport(records.source, len(records), sum(len(s) for s in records.samples))
+    seen: dict[int, str] = {}
+    for sample in records.samples:
+        if sample.image_id in seen:
+            report.problems.append(
+                Problem(
+                    ERROR,
+                    "duplicate image id",
+                    sample.file_name,
+                    f"id {sample.image_id} also used by {seen[sample.image_id]}",
+                    sample.image_id,
+                )
+            )
+        seen.setdefault(sample.image_id, sample.file_name)
+        report.problems += _image_problems(sample, decode)
+        report.problems += _box_problems(sample, len(records.classes))
+        if len(sample) == 0:
+            report.problems.append(Problem(WARNING, "image without objects", sample.file_name))
+    return report
+
+
+def check_dataset(
+    path: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+    decode: bool = True,
+) -> tuple[CheckReport, Records]:
+    """Read the dataset named by ``path`` (any format) and check it; see the module docstring."""
+    from cvkit.data.formats.detect import detect_format, load_records
+
+    records = load_records(path, images, split)
+    report = check_records(records, decode)
+    if detect_format(path) == "coco":
+        report.problems = coco_json_problems(Path(path)) + [
+            p for p in report.problems if p.kind != "label outside the class list"
+        ]
+    return report, records
+
+
+def validate_for_training(
+    records: Records, skip_invalid: bool, extra: list[Problem] | None = None
+) -> Records:
+    """The training-time check: refuse a dataset with errors, or drop its bad samples.
+
+    Images are not decoded (only their headers are read), so this stays fast.
+
+    Args:
+        records: the split about to be trained on or validated.
+        skip_invalid: ``data.skip_invalid``: drop samples with errors (logged with their
+            count and files) instead of raising.
+        extra: problems found beforehand (e.g. :func:`coco_json_problems`).
+
+    Raises:
+        DatasetError: the split has errors and ``skip_invalid`` is false; the message is the
+            full report.
+    """
+    report = check_records(records, decode=False)
+    report.problems = (extra or []) + report.problems
+    for problem in report.warnings[:_LISTED]:
+        logger.debug("%s: %s %s", problem.kind, problem.file, problem.detail)
+    if not report.errors:
+        return records
+    bad = report.bad_image_ids()
+    unattached = [p for p in report.errors if p.image_id is None]
+    if not skip_invalid or unattached:
+        hint = "" if unattached else "\n(set data.skip_invalid=true to skip these samples)"
+        raise DatasetError(f"the dataset has errors:\n{report.format()}{hint}")
+    kept = [s for s in records.samples if s.image_id not in bad]
+    logger.warning(
+        "%s: skipping %d of %d samples that fail the dataset check (data.skip_invalid):\n%s",
+        records.source,
+        len(records) - len(kept),
+        len(records),
+        report.format(),
+    )
+    if not kept:
+        raise DatasetError(f"{records.source}: every sample fails the dataset check")
+    return replace(records, samples=kept)

@@ -1,0 +1,192 @@
+"""COCO instances JSON: reader, writer, and the ground-truth dict evaluation needs.
+
+The reader follows the COCO format specification rather than our own writer: category ids may
+start at 1 and have gaps (they are mapped to contiguous labels ``0..C-1`` in ascending id
+order, kept in ``Records.category_ids``), ``bbox`` is ``[x, y, width, height]`` in pixels,
+``segmentation`` is a polygon list, an RLE dict or an uncompressed RLE, ``iscrowd`` regions are
+kept with their flag (evaluation ignores them, training drops them), and images without
+annotations are kept as empty samples.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cvkit.data.records import Records, Sample, decode_segmentation
+from cvkit.errors import DatasetError
+
+
+def default_images_dir(json_path: Path) -> Path:
+    """Where a COCO file's images are by default: an ``images/`` folder, else the JSON's folder.
+
+    ``images/`` is looked for beside the JSON and beside its parent (the usual
+    ``annotations/instances_x.json`` + ``images/`` layout); a split-named subfolder
+    (``images/<split>`` for ``instances_<split>.json``) is used when present.
+    """
+    split = json_path.stem.removeprefix("instances_")
+    for base in (json_path.parent, json_path.parent.parent):
+        images = base / "images"
+        if (images / split).is_dir():
+            return images / split
+        if images.is_dir():
+            return images
+    return json_path.parent
+
+
+def load_coco_json(json_path: Path) -> dict[str, Any]:
+    """The parsed JSON of a COCO file, with ``images``/``annotations``/``categories`` lists.
+
+    Raises:
+        DatasetError: the file is missing, not JSON, or lacks the required lists.
+    """
+    try:
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{json_path}: COCO annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{json_path}: a COCO file needs an 'images' list")
+    if not isinstance(data.get("categories"), list) or not data["categories"]:
+        raise DatasetError(f"{json_path}: a COCO file needs a non-empty 'categories' list")
+    data.setdefault("annotations", [])
+    return data
+
+
+def read_coco(
+    json_path: str | Path,
+    images_dir: str | Path | None = None,
+    semantic_dir: str | Path | None = None,
+) -> Records:
+    """Read a COCO instances file into :class:`Records`.
+
+    Args:
+        json_path: the ``instances_*.json`` file.
+        images_dir: folder that ``file_name`` is relative to (default:
+            :func:`default_images_dir`).
+        semantic_dir: optional folder of semantic PNGs named ``<image stem>.png``.
+
+    Returns:
+        Records whose ``category_ids[i]`` is the COCO id of label ``i``. Boxes are converted
+        from ``[x, y, w, h]`` to ``(x1, y1, x2, y2)`` pixels. Annotations are kept as they are
+        for :mod:`cvkit.data.check` to judge: an unknown ``category_id`` becomes label ``-1``;
+        annotations of unknown images are left out
+        (:func:`cvkit.data.check.coco_json_problems` names them).
+
+    Raises:
+        DatasetError: the file is not a COCO file.
+    """
+    json_path = Path(json_path)
+    data = load_coco_json(json_path)
+    images_dir = Path(images_dir) if images_dir is not None else default_images_dir(json_path)
+    categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+    category_ids = [int(c["id"]) for c in categories]
+    label_of = {cid: index for index, cid in enumerate(category_ids)}
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(int(ann.get("image_id", -1)), []).append(ann)
+    samples = []
+    for image in data["images"]:
+        anns = by_image.get(int(image["id"]), [])
+        xywh = np.array([a.get("bbox", [np.nan] * 4) for a in anns], np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        has_masks = any(a.get("segmentation") for a in anns)
+        file_name = str(image["file_name"])
+        semantic = None
+        if semantic_dir is not None:
+            semantic = Path(semantic_dir) / f"{Path(file_name).stem}.png"
+        samples.append(
+            Sample(
+                image_id=int(image["id"]),
+                file_name=file_name,
+                height=int(image["height"]),
+                width=int(image["width"]),
+                path=images_dir / file_name,
+                boxes=boxes,
+                labels=[label_of.get(int(a.get("category_id", -1)), -1) for a in anns],
+                iscrowd=[bool(a.get("iscrowd", 0)) for a in anns],
+                segmentations=[a.get("segmentation") or [] for a in anns] if has_masks else None,
+                semantic_path=semantic,
+            )
+        )
+    names = [str(c["name"]) for c in categories]
+    return Records(samples, names, category_ids, str(json_path))
+
+
+def coco_dict(records: Records, include_segmentation: bool = True) -> dict[str, Any]:
+    """The split as a COCO instances dict (boxes ``[x, y, w, h]`` in original pixels).
+
+    Category ids are ``records.category_ids`` or ``1..C`` when the format had none. ``area`` is
+    the mask area when a segmentation exists, else the box area. Objects flagged ``iscrowd``
+    carry ``iscrowd: 1`` so COCO evaluation ignores them.
+    """
+    ids = records.category_ids or list(range(1, len(records.classes) + 1))
+    images, annotations = [], []
+    for sample in records.samples:
+        images.append(
+            {
+                "id": int(sample.image_id),
+                "file_name": sample.file_name,
+                "height": int(sample.height),
+                "width": int(sample.width),
+            }
+        )
+        for index in range(len(sample)):
+            x1, y1, x2, y2 = (float(v) for v in sample.boxes[index])
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": int(sample.image_id),
+                "category_id": int(ids[int(sample.labels[index])]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(sample.iscrowd[index]),
+            }
+            segmentation = sample.segmentations[index] if sample.segmentations else None
+            if segmentation:
+                mask = decode_segmentation(segmentation, sample.height, sample.width)
+                ann["area"] = float(mask.sum())
+                if include_segmentation:
+                    ann["segmentation"] = segmentation
+            annotations.append(ann)
+    categories = [
+        {"id": int(cid), "name": name, "supercategory": "object"}
+        for cid, name in zip(ids, records.classes, strict=True)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_coco(records: Records, images_dir: str | Path, json_path: str | Path) -> Path:
+    """Write ``records`` as a COCO file plus its images; returns ``json_path``.
+
+    In-memory images are encoded by extension (``.jpg`` at quality 95, ``.png``); image files
+    are copied to ``images_dir / file_name``.
+    """
+    images_dir, json_path = Path(images_dir), Path(json_path)
+    copy_images(records, images_dir)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(coco_dict(records)), encoding="utf-8")
+    return json_path
+
+
+def copy_images(records: Records, images_dir: Path) -> None:
+    """Put every sample's image at ``images_dir / file_name`` (encode arrays, copy files)."""
+    for sample in records.samples:
+        target = images_dir / sample.file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if sample.image is not None:
+            params = (
+                [cv2.IMWRITE_JPEG_QUALITY, 95] if target.suffix.lower() in {".jpg", ".jpeg"} else []
+            )
+            bgr = cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(target), bgr, params):
+                raise DatasetError(f"{target}: cannot write the image")
+        elif sample.path is not None and Path(sample.path).resolve() != target.resolve():
+            if not Path(sample.path).is_file():
+                raise DatasetError(f"{sample.path}: image file is missing")
+            shutil.copyfile(sample.path, target)

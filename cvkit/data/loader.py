@@ -1,0 +1,228 @@
+"""Torch datasets and loaders over :class:`~cvkit.data.records.Records`.
+
+``build_dataset(data_cfg, split, task)`` reads the split named in the config (or the cached
+synthetic dataset when no path is given), runs the training-time dataset check
+(:func:`cvkit.data.check.validate_for_training`, honouring ``data.skip_invalid``) and wraps the
+records with the split's transform. ``build_loader`` batches it.
+
+A batch is ``(images, targets)``: ``images`` ``float32 [B, 3, S, S]`` normalized with
+``data.mean``/``data.std`` (``(pixel / 255 - mean) / std``), and one target dict per image:
+
+- ``boxes`` ``float32 [N, 4]`` ``(x1, y1, x2, y2)`` in network-input pixels;
+- ``labels`` ``int64 [N]`` in ``0..C-1``;
+- ``image_id`` int; ``orig_size`` ``(h, w)``; ``scale`` ``(sx, sy)`` and ``offset``
+  ``(ox, oy)`` with ``original_xy = (input_xy - offset) / scale``;
+- ``masks`` ``uint8 [N, S, S]`` when ``data.instance_masks`` is set (detection);
+- ``semantic`` ``int64 [S, S]`` (255 = ignore) for the ``segment`` task.
+
+Crowd (and VOC difficult) objects are left out of targets; :meth:`RecordsDataset.coco_ground_truth`
+keeps them with ``iscrowd: 1`` so COCO evaluation ignores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from cvkit.config.data import DataConfig
+from cvkit.data.records import IGNORE_INDEX, Records, Sample
+from cvkit.data.transforms import SampleTransform, build_transform
+from cvkit.errors import ConfigError
+
+TASKS = ("detect", "segment")
+
+
+class RecordsDataset(Dataset):
+    """Samples of one split, transformed for the network.
+
+    Args:
+        records: the split.
+        transform: augmentation + fit to the input size (:func:`build_transform`).
+        task: ``detect`` (boxes, labels [, masks]) or ``segment`` (adds ``semantic``; the
+            classes gain a leading ``background`` class, semantic value 0).
+        instance_masks: add ``masks`` to detection targets.
+
+    Attributes:
+        classes: class names the model predicts.
+        category_ids: COCO category id per class (detection on COCO), else None.
+    """
+
+    def __init__(
+        self,
+        records: Records,
+        transform: SampleTransform,
+        task: str = "detect",
+        instance_masks: bool = False,
+    ) -> None:
+        if task not in TASKS:
+            raise ConfigError(f"task: cvkit.data builds datasets for {TASKS}, not {task!r}")
+        self.records = records
+        self.transform = transform
+        self.task = task
+        self.instance_masks = instance_masks
+        self.classes = (
+            ["background", *records.classes] if task == "segment" else list(records.classes)
+        )
+        self.category_ids = records.category_ids if task == "detect" else None
+        self._ground_truth: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        """``(image uint8 [3, S, S], target)``; the collate function normalizes the batch."""
+        sample = self.records.samples[index]
+        # Draw the augmentation seed from torch's RNG: it is seeded per worker and epoch by the
+        # loader (or restored with the checkpoint when loading in the main process).
+        self.transform.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        image = sample.load_image()
+        keep = ~sample.iscrowd
+        masks = None
+        needs_masks = self.instance_masks or (
+            self.transform.recompute_boxes and sample.segmentations is not None
+        )
+        if needs_masks and self.task == "detect":
+            masks = sample.instance_masks()[keep]
+        semantic = self._semantic(sample) if self.task == "segment" else None
+        out = self.transform(image, sample.boxes[keep], sample.labels[keep], masks, semantic)
+        target: dict[str, Any] = {
+            "boxes": torch.from_numpy(out.boxes),
+            "labels": torch.from_numpy(out.labels),
+            "image_id": int(sample.image_id),
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "scale": out.scale,
+            "offset": out.offset,
+        }
+        if self.instance_masks and out.masks is not None:
+            target["masks"] = torch.from_numpy(out.masks)
+        if out.semantic is not None:
+            target["semantic"] = torch.from_numpy(out.semantic.astype(np.int64))
+        tensor = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))
+        return tensor, target
+
+    @staticmethod
+    def _semantic(sample: Sample) -> np.ndarray:
+        """The sample's semantic mask, or one drawn from its instances (crowd = ignore)."""
+        semantic = sample.load_semantic()
+        if semantic is not None:
+            return semantic
+        semantic = np.zeros((sample.height, sample.width), np.uint8)
+        for mask, label, crowd in zip(
+            sample.instance_masks(), sample.labels, sample.iscrowd, strict=True
+        ):
+            semantic[mask > 0] = IGNORE_INDEX if crowd else label + 1
+        return semantic
+
+    def coco_ground_truth(self) -> dict[str, Any]:
+        """The split as a COCO instances dict in ORIGINAL image pixels (boxes ``[x, y, w, h]``).
+
+        Category ids are :attr:`category_ids` (or ``1..C``); crowd/difficult objects have
+        ``iscrowd: 1``. Computed once and cached.
+        """
+        if self._ground_truth is None:
+            from cvkit.data.formats.coco import coco_dict
+
+            self._ground_truth = coco_dict(self.records, include_segmentation=False)
+        return self._ground_truth
+
+
+class Collate:
+    """Stack ``uint8 [3, S, S]`` images into a normalized ``float32 [B, 3, S, S]`` batch.
+
+    ``(pixel - 255 * mean) / (255 * std)``, the same arithmetic as
+    :func:`cvkit.runtime.preprocess.normalize`. Targets stay a list of dicts.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def __call__(self, batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict]]:
+        images = torch.stack([image for image, _ in batch]).float()
+        images.sub_(self.mean).mul_(self.inv_std)
+        return images, [target for _, target in batch]
+
+
+def _init_worker(worker_id: int) -> None:
+    """Keep each loader worker to one thread: workers run in parallel already."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) -> RecordsDataset:
+    """The ``train`` or ``val`` split named by ``data_cfg``, checked and ready for ``task``.
+
+    With no ``path`` the split comes from the cached synthetic dataset
+    (:func:`cvkit.data.synthetic.synthetic_root` with ``data.synthetic`` and
+    ``data.cache_dir``). The split is checked first (:func:`validate_for_training`).
+
+    Raises:
+        ConfigError: ``split`` is not train/val or the task is not detect/segment.
+        DatasetError: the dataset cannot be read or fails the check.
+    """
+    from cvkit.data.check import coco_json_problems, validate_for_training
+    from cvkit.data.formats.coco import read_coco
+    from cvkit.data.formats.detect import detect_format, load_records
+    from cvkit.data.synthetic import annotation_path, synthetic_root
+
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', not {split!r}")
+    if task not in TASKS:
+        raise ConfigError(f"task: cvkit.data builds datasets for {TASKS}, not {task!r}")
+    source = data_cfg.train if split == "train" else data_cfg.val
+    extra = []
+    if source.path is None:
+        synthetic = data_cfg.synthetic
+        root = synthetic_root(
+            synthetic.num_train,
+            synthetic.num_val,
+            synthetic.image_size,
+            synthetic.seed,
+            data_cfg.cache_dir,
+        )
+        records = read_coco(
+            annotation_path(root, split), root / "images" / split, root / "semantic" / split
+        )
+    else:
+        records = load_records(source.path, source.images, source.split or split)
+        if detect_format(source.path) == "coco":
+            extra = coco_json_problems(source.path)
+    records = validate_for_training(records, data_cfg.skip_invalid, extra)
+    transform = build_transform(data_cfg, task, train=split == "train", seed=seed)
+    return RecordsDataset(records, transform, task, data_cfg.instance_masks)
+
+
+def build_loader(
+    dataset: Dataset, data_cfg: DataConfig, train: bool, distributed: bool = False, seed: int = 0
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with the config's batch size, workers and pinning.
+
+    Training shuffles (a :class:`DistributedSampler` under DDP) and drops the last partial
+    batch when there is more than one batch; shuffling and augmentation seeds derive from
+    ``seed`` through the loader's generator.
+    """
+    sampler = (
+        DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False)
+        if distributed
+        else None
+    )
+    workers = data_cfg.workers
+    pin = data_cfg.pin_memory if data_cfg.pin_memory is not None else torch.cuda.is_available()
+    return DataLoader(
+        dataset,
+        batch_size=data_cfg.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=Collate(data_cfg.mean, data_cfg.std),
+        pin_memory=pin,
+        drop_last=train and len(dataset) > data_cfg.batch_size,
+        persistent_workers=data_cfg.persistent_workers and workers > 0,
+        worker_init_fn=_init_worker if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

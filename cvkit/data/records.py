@@ -1,0 +1,224 @@
+"""The one in-memory sample type every reader produces and every loader consumes.
+
+A :class:`Sample` holds one image (a path, or an array for in-memory data) with its objects:
+``boxes`` ``float32 [N, 4]`` as ``(x1, y1, x2, y2)`` in original-image pixels, ``labels``
+``int64 [N]`` in ``0..C-1``, ``iscrowd`` ``bool [N]`` (objects evaluation ignores: COCO crowd
+regions, VOC ``difficult``), optional instance ``segmentations`` (COCO polygons or RLE, decoded
+on demand) and an optional semantic mask file. A :class:`Records` bundles the samples of one
+split with the dataset's ``classes`` and, for COCO, ``category_ids`` (contiguous index ``i`` ↔
+COCO category id ``category_ids[i]``). Arrays are numpy: readers and writers need no torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cvkit.errors import DatasetError
+
+# COCO-style instance segmentation: a list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE dict.
+Segmentation = list[list[float]] | dict[str, Any]
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Sample:
+    """One image and its annotations, in original-image pixels.
+
+    Attributes:
+        image_id: unique integer id within the split (COCO ``image_id``).
+        file_name: name relative to the dataset's image folder (used by writers).
+        height, width: image size as annotated (``cvkit data check`` compares it to the file).
+        path: image file, or None when ``image`` holds the pixels.
+        image: ``uint8 [H, W, 3]`` RGB pixels for in-memory samples, else None.
+        boxes: ``float32 [N, 4]`` ``(x1, y1, x2, y2)`` pixels.
+        labels: ``int64 [N]`` contiguous class indices ``0..C-1``.
+        iscrowd: ``bool [N]``; True for objects evaluation ignores (crowd, VOC difficult).
+        segmentations: N COCO segmentations (polygon lists or RLE dicts), or None.
+        semantic_path: PNG of per-pixel class indices (``0`` background, ``255`` ignore), or None.
+    """
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    path: Path | None = None
+    image: np.ndarray | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    segmentations: list[Segmentation] | None = None
+    semantic_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(-1)
+        if len(self.iscrowd) == 0 and len(self.labels):
+            self.iscrowd = np.zeros(len(self.labels), bool)
+        if not len(self.boxes) == len(self.labels) == len(self.iscrowd):
+            raise DatasetError(
+                f"{self.file_name}: {len(self.boxes)} boxes, {len(self.labels)} labels and "
+                f"{len(self.iscrowd)} crowd flags must be as many"
+            )
+        if self.segmentations is not None and len(self.segmentations) != len(self.labels):
+            raise DatasetError(
+                f"{self.file_name}: {len(self.segmentations)} segmentations for "
+                f"{len(self.labels)} objects"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self) -> np.ndarray:
+        """The image as ``uint8 [H, W, 3]`` RGB.
+
+        Raises:
+            DatasetError: the file is missing or cannot be decoded.
+        """
+        if self.image is not None:
+            return self.image
+        return read_image(self.path)
+
+    def instance_masks(self) -> np.ndarray:
+        """Instance masks ``uint8 [N, H, W]`` (0/1) decoded from ``segmentations``.
+
+        Objects without a segmentation get their box filled.
+        """
+        from pycocotools import mask as mask_utils
+
+        masks = np.zeros((len(self), self.height, self.width), np.uint8)
+        for index, box in enumerate(self.boxes):
+            segmentation = self.segmentations[index] if self.segmentations else None
+            if segmentation:
+                masks[index] = decode_segmentation(
+                    segmentation, self.height, self.width, mask_utils
+                )
+            else:
+                x1, y1, x2, y2 = np.round(box).astype(int)
+                masks[index, max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 1
+        return masks
+
+    def load_semantic(self) -> np.ndarray | None:
+        """The semantic mask ``uint8 [H, W]`` (class index, 255 = ignore) or None if absent."""
+        if self.semantic_path is None:
+            return None
+        from PIL import Image
+
+        try:
+            with Image.open(self.semantic_path) as png:
+                if png.mode not in {"L", "P", "I", "I;16"}:
+                    raise DatasetError(
+                        f"{self.semantic_path}: semantic masks must hold class indices (a "
+                        f"grayscale or palette PNG), not {png.mode} colours"
+                    )
+                mask = np.asarray(png)
+        except OSError as exc:
+            raise DatasetError(
+                f"{self.semantic_path}: cannot read the semantic mask ({exc})"
+            ) from None
+        mask = mask.astype(np.uint8)
+        return mask
+
+    def subset(self, keep: np.ndarray) -> Sample:
+        """A copy holding only the objects where the boolean/int index ``keep`` selects."""
+        segmentations = (
+            [self.segmentations[i] for i in np.arange(len(self))[keep]]
+            if self.segmentations is not None
+            else None
+        )
+        return replace(
+            self,
+            boxes=self.boxes[keep],
+            labels=self.labels[keep],
+            iscrowd=self.iscrowd[keep],
+            segmentations=segmentations,
+        )
+
+
+@dataclass
+class Records:
+    """The samples of one dataset split with its class names.
+
+    Attributes:
+        samples: one :class:`Sample` per image.
+        classes: class names; ``labels`` index this list.
+        category_ids: COCO category id of each class (same order), or None for formats
+            without ids (YOLO, VOC).
+        source: where the split was read from (for messages).
+    """
+
+    samples: list[Sample]
+    classes: list[str]
+    category_ids: list[int] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __post_init__(self) -> None:
+        if self.category_ids is not None and len(self.category_ids) != len(self.classes):
+            raise DatasetError(
+                f"{self.source}: {len(self.category_ids)} category ids for "
+                f"{len(self.classes)} classes"
+            )
+
+
+def read_image(path: Path | str | None) -> np.ndarray:
+    """Decode an image file to ``uint8 [H, W, 3]`` RGB.
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded.
+    """
+    if path is None:
+        raise DatasetError("sample has neither an image path nor pixels")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        what = "missing" if not Path(path).exists() else "unreadable (corrupt or not an image)"
+        raise DatasetError(f"{path}: image file is {what}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_segmentation(
+    segmentation: Segmentation, height: int, width: int, mask_utils: Any = None
+) -> np.ndarray:
+    """One COCO segmentation (polygons, RLE or uncompressed RLE) as ``uint8 [H, W]`` 0/1."""
+    if mask_utils is None:
+        from pycocotools import mask as mask_utils
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return np.zeros((height, width), np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x's Cython decode trips numpy 2's copy-keyword deprecation; harmless.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return mask_utils.decode(rle).astype(np.uint8)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A binary mask ``[H, W]`` as compressed COCO RLE with a JSON-friendly ``counts`` string."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
+    """The tight ``(x1, y1, x2, y2)`` pixel box of a binary mask ``[H, W]``; None when empty."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    if len(ys) == 0:
+        return None
+    xs = np.flatnonzero(mask.any(axis=0))
+    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], np.float32)

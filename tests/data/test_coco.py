@@ -1,0 +1,143 @@
+"""COCO reader/writer against hand-built files that follow the COCO format specification."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from cvkit.data.formats.coco import coco_dict, default_images_dir, read_coco, write_coco
+from cvkit.data.records import decode_segmentation
+from cvkit.errors import DatasetError
+
+H, W = 40, 50
+
+
+def _rle_of_square() -> dict:
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:15, 20:30] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [H, W], "counts": rle["counts"].decode("ascii")}
+
+
+def _spec_file(tmp_path):
+    """Categories with 1-based, non-contiguous ids listed out of order; polygon, compressed RLE,
+    uncompressed RLE (crowd), and an image without annotations."""
+    data = {
+        "images": [
+            {"id": 10, "file_name": "a.jpg", "height": H, "width": W},
+            {"id": 11, "file_name": "b.jpg", "height": H, "width": W},
+        ],
+        "categories": [
+            {"id": 7, "name": "triangle"},
+            {"id": 1, "name": "circle"},
+            {"id": 3, "name": "rectangle"},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 10,
+                "category_id": 3,
+                "bbox": [2.5, 4.0, 10.0, 6.0],
+                "area": 60.0,
+                "iscrowd": 0,
+                "segmentation": [[2.5, 4, 12.5, 4, 12.5, 10, 2.5, 10]],
+            },
+            {
+                "id": 2,
+                "image_id": 10,
+                "category_id": 7,
+                "bbox": [20, 5, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": _rle_of_square(),
+            },
+            {
+                "id": 3,
+                "image_id": 10,
+                "category_id": 1,
+                "bbox": [0, 30, 4, 2],
+                "area": 8,
+                "iscrowd": 1,
+                "segmentation": {"size": [H, W], "counts": [30, 2, H * W - 32]},
+            },
+        ],
+    }
+    path = tmp_path / "annotations" / "instances_val.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(images / name), np.zeros((H, W, 3), np.uint8))
+    return path
+
+
+def test_reader_follows_the_spec(tmp_path):
+    path = _spec_file(tmp_path)
+    records = read_coco(path)
+    assert records.classes == ["circle", "rectangle", "triangle"]
+    assert records.category_ids == [1, 3, 7]
+    first, empty = records.samples
+    assert first.path == tmp_path / "images" / "a.jpg"
+    assert first.labels.tolist() == [1, 2, 0]
+    assert np.allclose(first.boxes[0], [2.5, 4.0, 12.5, 10.0])
+    assert first.iscrowd.tolist() == [False, False, True]
+    assert len(empty) == 0 and empty.image_id == 11
+    coco = COCO(str(path))
+    masks = first.instance_masks()
+    for ann, mask in zip(coco.loadAnns(coco.getAnnIds(imgIds=[10])), masks, strict=True):
+        assert np.array_equal(coco.annToMask(ann), mask)
+    assert masks[2].sum() == 2  # uncompressed RLE: 30 zeros then 2 ones (column-major)
+
+
+def test_written_file_round_trips_ids_boxes_and_masks(tmp_path):
+    records = read_coco(_spec_file(tmp_path))
+    out = write_coco(records, tmp_path / "out" / "images", tmp_path / "out" / "x.json")
+    again = read_coco(out)
+    assert again.classes == records.classes and again.category_ids == records.category_ids
+    for a, b in zip(records.samples, again.samples, strict=True):
+        assert np.allclose(a.boxes, b.boxes) and np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.iscrowd, b.iscrowd)
+        assert np.array_equal(a.instance_masks(), b.instance_masks())
+        assert (tmp_path / "out" / "images" / a.file_name).is_file()
+
+
+def test_ground_truth_dict_area_is_mask_area(tmp_path):
+    records = read_coco(_spec_file(tmp_path))
+    gt = coco_dict(records, include_segmentation=False)
+    assert [a["area"] for a in gt["annotations"]] == [60.0, 100.0, 2.0]
+    assert [a["category_id"] for a in gt["annotations"]] == [3, 7, 1]
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 0, 1]
+    assert "segmentation" not in gt["annotations"][0]
+
+
+def test_polygon_decoding_matches_pycocotools():
+    polygon = [[10, 10, 30, 12, 20, 35]]
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygon, H, W))
+    assert np.array_equal(decode_segmentation(polygon, H, W), mask_utils.decode(rle))
+
+
+def test_default_images_dir(tmp_path):
+    path = _spec_file(tmp_path)
+    assert default_images_dir(path) == tmp_path / "images"
+    (tmp_path / "images" / "val").mkdir()
+    assert default_images_dir(path) == tmp_path / "images" / "val"
+    lone = tmp_path / "elsewhere" / "lone" / "x.json"
+    lone.parent.mkdir(parents=True)
+    assert default_images_dir(lone) == lone.parent
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not valid JSON"), ('{"images": [], "categories": []}', "categories")],
+)
+def test_bad_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_coco(path)
+    with pytest.raises(DatasetError, match="not found"):
+        read_coco(tmp_path / "missing.json")
