@@ -30,6 +30,8 @@ from cvkit.ops.iou import _box_iou_blocked, _diou, _iou_into
 # Elements of one [rows, band] block of the sweep (1 MiB per float32 buffer).
 _BAND_BLOCK_ELEMENTS = 1 << 18
 _MAX_SWEEPS = 32
+# Relative slack on the band bound: far above float rounding of IoU (a few 1e-7 in float32).
+_BAND_MARGIN = 1e-5
 _SOFT_NMS_MATRIX_SIDE = 4096
 _SCORE_LAYOUTS = ("bnc", "bcn")
 
@@ -61,25 +63,25 @@ def _strict_threshold(iou_threshold: float, dtype: torch.dtype) -> float:
     return float(rounded)
 
 
-def _sweep_order(boxes: Tensor, groups: Tensor | None) -> tuple[Tensor, Tensor]:
+def _sweep_order(boxes: Tensor, groups: Tensor | None, threshold: float) -> tuple[Tensor, Tensor]:
     """Order boxes by (group, x1) and, per box, the end of the band of boxes that may overlap it.
 
     Returns ``(sweep, band_end)``: ``sweep`` (Tensor[N] int64) lists box indices by increasing
-    key; the boxes that can overlap ``sweep[p]`` with a larger key are at sweep positions
-    ``p + 1 .. band_end[p] - 1``. The band may hold extra boxes (their IoU is then 0 or they
-    belong to another group) but never misses one.
+    key; the boxes that may overlap ``sweep[p]`` by more than ``threshold`` with a larger key
+    are at sweep positions ``p + 1 .. band_end[p] - 1``. The band may hold extra boxes but never
+    misses one: IoU(p, q) > t with ``x1_p <= x1_q`` needs the x-overlap ``x2_p - x1_q`` to
+    exceed ``t * width_p``, so the band ends at ``x2_p - t * width_p`` (less a relative margin
+    ``_BAND_MARGIN`` for float rounding).
     """
-    x1, x2 = boxes[:, 0], boxes[:, 2]
-    if groups is None:
-        sweep = torch.argsort(x1, stable=True)
-        band_end = torch.searchsorted(x1[sweep].contiguous(), x2[sweep].contiguous())
-        return sweep, band_end
-    low = torch.minimum(x1.min(), x2.min()).double()
-    span = torch.maximum(x1.max(), x2.max()).double() - low
-    offsets = groups.double() * (2 * span + 1)
-    key = offsets + (x1.double() - low)
-    query = offsets + (x2.double() - low)
-    # float64 rounding of the offsets must never shrink a band: widen the query a little.
+    x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
+    key = x1
+    query = x2 - (threshold * (1 - _BAND_MARGIN)) * (x2 - x1)
+    if groups is not None:
+        low = torch.minimum(x1.min(), x2.min())
+        offsets = groups.double() * (2 * (torch.maximum(x1.max(), x2.max()) - low) + 1)
+        key = offsets + (x1 - low)
+        query = offsets + (query - low)
+    # float64 rounding must never shrink a band: widen the query by a few units in the last place.
     query = query + 8 * torch.finfo(torch.float64).eps * query.abs().max()
     sweep = torch.argsort(key, stable=True)
     band_end = torch.searchsorted(key[sweep].contiguous(), query[sweep].contiguous(), side="right")
@@ -98,7 +100,7 @@ def _suppression_edges(
     """
     n = boxes.shape[0]
     empty = torch.empty(0, dtype=torch.int64, device=boxes.device)
-    sweep, band_end = _sweep_order(boxes, groups)
+    sweep, band_end = _sweep_order(boxes, groups, threshold)
     bands = (band_end - torch.arange(1, n + 1, device=boxes.device)).clamp_(min=0)
     widest = int(bands.max())
     if widest == 0:
@@ -174,20 +176,29 @@ def _greedy_nms(
     order = torch.sort(scores, descending=True, stable=True).indices
     ranked = boxes[order]
     ranked_groups = None if groups is None else groups[order]
+    # A box with a non-finite coordinate has IoU 0 or NaN with every box (its area is inf or
+    # NaN), so it neither suppresses nor is suppressed: leave it out of the sweep.
+    finite = torch.isfinite(ranked).all(dim=1)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        finite_rank = torch.nonzero(finite).flatten()
+        ranked = ranked[finite_rank]
+        ranked_groups = None if groups is None else ranked_groups[finite_rank]
     source, target = _suppression_edges(
         ranked, ranked_groups, _strict_threshold(iou_threshold, boxes.dtype), criterion, eps
     )
+    if not all_finite:
+        source, target = finite_rank[source], finite_rank[target]
     keep = _resolve_greedy(boxes.shape[0], source, target)
     return order[keep]
 
 
 def _use_torchvision_kernel(boxes: Tensor) -> bool:
-    """torchvision's kernels serve CUDA, ONNX tracing, and non-finite boxes (its NaN rules)."""
+    """torchvision's kernels serve CUDA, ONNX tracing and half precision."""
     return (
         boxes.device.type != "cpu"
         or torch.jit.is_tracing()
         or boxes.dtype not in (torch.float32, torch.float64)
-        or not bool(torch.isfinite(boxes).all())
     )
 
 

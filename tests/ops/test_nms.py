@@ -63,7 +63,13 @@ def test_nms_special_boxes_equal_torchvision(make_boxes):
             cv.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)
         )
     boxes[50, 0] = math.nan
-    assert torch.equal(cv.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+    boxes[51, 2:] = math.inf
+    boxes[52, :2] = -math.inf
+    boxes[53] = torch.tensor([-math.inf, 0, math.inf, 0])
+    boxes[54:56] = torch.tensor([0, 0, math.inf, math.inf])
+    for threshold in (0.0, 0.5):
+        expected = torchvision.ops.nms(boxes, scores, threshold)
+        assert torch.equal(cv.nms(boxes, scores, threshold), expected)
     assert cv.nms(boxes[:0], scores[:0], 0.5).shape == (0,)
 
 
