@@ -61,13 +61,13 @@ class MetricsHistory:
             writer.writerows(self.rows)
 
 
-def plot_curves(rows: list[Row], path: Path, metric: str | None = None) -> Path | None:
-    """Draw training losses (``train/*`` keys) and validation ``metric`` per epoch to a PNG.
+def plot_curves(rows: list[Row], path: Path, metrics: list[str] = ()) -> Path | None:
+    """Draw the training losses (``train/*`` keys) and validation ``metrics`` per epoch to a PNG.
 
     Args:
         rows: per-epoch rows with an ``epoch`` key.
         path: the PNG to write.
-        metric: the validation key to draw (e.g. ``val/mAP``); skipped when absent.
+        metrics: validation keys to draw in a second panel (e.g. ``val/mAP``, ``val/mAP50``).
 
     Returns:
         ``path``, or None when there is nothing to draw.
@@ -78,21 +78,22 @@ def plot_curves(rows: list[Row], path: Path, metric: str | None = None) -> Path 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     loss_keys = sorted({key for row in rows for key in row if key.startswith("train/")})
-    loss_keys = [key for key in loss_keys if key != "train/lr" and key != "train/img_per_s"]
-    has_metric = metric is not None and any(metric in row for row in rows)
-    fig, axes = plt.subplots(1, 2 if has_metric else 1, figsize=(11 if has_metric else 6, 4))
-    loss_ax = axes[0] if has_metric else axes
-    for key in loss_keys:
-        points = [(r["epoch"], r[key]) for r in rows if _finite(r.get(key))]
-        loss_ax.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("train/"))
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
-    loss_ax.legend(fontsize="small")
-    if has_metric:
-        points = [(r["epoch"], r[metric]) for r in rows if _finite(r.get(metric))]
-        axes[1].plot(*zip(*points, strict=True), marker="o", color="tab:green")
-        axes[1].set(xlabel="epoch", ylabel=metric, title=metric)
+    metrics = [key for key in metrics if any(_finite(row.get(key)) for row in rows)]
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 4))
+    panels = [(axes[0] if metrics else axes, loss_keys, "training loss")]
+    if metrics:
+        panels.append((axes[1], metrics, "validation"))
+    for ax, keys, title in panels:
+        for key in keys:
+            points = [(row["epoch"], row[key]) for row in rows if _finite(row.get(key))]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=key.split("/", 1)[1])
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

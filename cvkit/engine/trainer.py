@@ -185,12 +185,25 @@ class Trainer:
                 )
                 break
         if self.is_main and self.run is not None and self.history is not None and cfg.plots:
-            metric = f"val/{self.task.best_metric}" if self.task.best_metric else None
-            plot_curves(self.history.rows, self.run.plots / "curves.png", metric)
+            best = f"val/{self.task.best_metric}"
+            metrics = sorted(
+                {
+                    k
+                    for row in self.history.rows
+                    for k in row
+                    if k.startswith(best) and k.count("/") == 1
+                }
+            )
+            plot_curves(self.history.rows, self.run.plots / "curves.png", metrics)
         return self.best_metrics or dict(train_row)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training loader; returns mean losses, final lr and images/s."""
+        """One pass over the training loader.
+
+        Returns:
+            ``train/<loss>`` means over the epoch's batches (``train/loss`` is their sum),
+            ``lr`` at the end of the epoch, ``img_per_s`` (all processes) and ``epoch_time_s``.
+        """
         cfg = self.config.train
         loader = self.train_loader
         self._seed_loader(epoch)
@@ -224,9 +237,9 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value
         elapsed = max(time.perf_counter() - start, 1e-9)
         row = {f"train/{key}": value / max(batches, 1) for key, value in sums.items()}
-        row["train/lr"] = self.optimizer.param_groups[0]["lr"]
-        row["train/img_per_s"] = images * distributed_world_size() / elapsed
-        row["train/time_s"] = elapsed
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["img_per_s"] = images * distributed_world_size() / elapsed
+        row["epoch_time_s"] = elapsed
         return row
 
     def _optimizer_step(self) -> None:
@@ -297,11 +310,11 @@ class Trainer:
         losses = " ".join(
             f"{key.removeprefix('train/')} {value:.4f}"
             for key, value in train_row.items()
-            if key not in ("train/lr", "train/img_per_s", "train/time_s")
+            if key.startswith("train/")
         )
         message = (
-            f"epoch {self.epoch}/{cfg.epochs} {losses} lr {train_row['train/lr']:.3g} "
-            f"{train_row['train/img_per_s']:.1f} img/s"
+            f"epoch {self.epoch}/{cfg.epochs} {losses} lr {train_row['lr']:.3g} "
+            f"{train_row['img_per_s']:.1f} img/s"
         )
         if validated:
             message += f" | val {self.task.describe(self.metrics)}"

@@ -150,11 +150,11 @@ def test_best_and_last_checkpoints_metrics_files_and_plot(tmp_path):
     assert last["epoch"] == 3 and last["step"] == 12 and last["classes"] == ["a", "b"]
     assert last["config"]["train"]["epochs"] == 3
     header = run.metrics_csv.read_text().splitlines()[0].split(",")
-    assert {"epoch", "train/mse", "train/lr", "val/neg_mse"} <= set(header)
+    assert {"epoch", "train/mse", "train/loss", "lr", "img_per_s", "val/neg_mse"} <= set(header)
     assert len(run.metrics_csv.read_text().splitlines()) == 4
     assert (run.plots / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the cosine schedule ends at lr * min_lr_ratio
-    assert math.isclose(rows[-1]["train/lr"], 0.05 * 0.01, rel_tol=1e-6)
+    assert math.isclose(rows[-1]["lr"], 0.05 * 0.01, rel_tol=1e-6)
 
 
 class ConstantMetric(ToyTask):

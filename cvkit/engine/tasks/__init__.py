@@ -59,10 +59,12 @@ class Task:
         self.config = config
 
     def build_dataset(self, split: str) -> Dataset:
-        """The ``train`` or ``val`` dataset; it exposes ``classes`` (and ``category_ids``)."""
+        """The ``train`` or ``val`` dataset, checked by :mod:`cvkit.data` (a broken dataset
+        raises :class:`~cvkit.errors.DatasetError`); it exposes ``classes`` and
+        ``category_ids``."""
         from cvkit.data import build_dataset
 
-        return build_dataset(self.config.data, split, self.name)
+        return build_dataset(self.config.data, split, self.name, seed=self.config.seed)
 
     def build_loader(self, dataset: Dataset, train: bool, distributed: bool = False) -> DataLoader:
         """A loader over ``dataset`` (shuffled, augmented batches when ``train``)."""
