@@ -37,6 +37,7 @@ from cvkit.ops.iou import (
 )
 from cvkit.ops.matching import balanced_sample, greedy_assign, hard_negative_mask, threshold_match
 from cvkit.ops.nms import batched_nms, batched_nms_padded, diou_nms, nms, soft_nms
+from cvkit.ops.roi import boxes_to_rois, fpn_levels, multiscale_roi_align, roi_align, roi_pool
 
 __all__ = [
     "BoxError",
@@ -50,6 +51,7 @@ __all__ = [
     "box_area",
     "box_convert",
     "box_iou",
+    "boxes_to_rois",
     "ciou_loss",
     "clip_boxes",
     "complete_box_iou",
@@ -59,6 +61,7 @@ __all__ = [
     "diou_nms",
     "distance_box_iou",
     "encode_boxes",
+    "fpn_levels",
     "generalized_box_iou",
     "giou_loss",
     "greedy_assign",
@@ -66,8 +69,11 @@ __all__ = [
     "hard_negative_mask",
     "mask_iou",
     "multibox_prior",
+    "multiscale_roi_align",
     "nms",
     "remove_small_boxes",
+    "roi_align",
+    "roi_pool",
     "sanitize_boxes",
     "soft_nms",
     "ssd_anchors",
