@@ -22,10 +22,10 @@ EXIT_USAGE = 2
 HANDLERS: dict[str, str] = {
     "train": "cvkit.engine.commands:train",
     "eval": "cvkit.engine.commands:evaluate",
+    "export": "cvkit.export.commands:run_export",
 }
 NOT_BUILT: dict[str, str] = {
     "predict": "the training engine + SSD issue",
-    "export": "the ONNX export issue",
     "serve": "the HTTP serving issue",
     "data check": "the data issue",
     "data convert": "the data issue",

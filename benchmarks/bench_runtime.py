@@ -1,0 +1,181 @@
+"""Eager PyTorch vs the onnxruntime runtime, end to end, on the same detector and images.
+
+Both pipelines take RGB ``uint8`` images of their original size and return detections in
+original pixels: pre-processing (letterbox + normalize, the same numpy code for both, so the
+comparison is about the model and its post-processing), the model (eager ``SSD`` in eval mode
+with torch NMS, or the exported graph with NMS inside), and mapping boxes back. Measured in one
+run on the CPU with 2 threads (torch intra-op threads and onnxruntime intra-op threads), plus
+the CUDA provider against torch on CUDA when a GPU is present. Writes
+``benchmarks/results/runtime.md``.
+
+    python benchmarks/bench_runtime.py [--cfg configs/ssd.yaml] [--iterations 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvkit.config import load_config
+from cvkit.config.export import ExportConfig
+from cvkit.export.onnx import export_model, metadata_from_config
+from cvkit.models.build import build_model
+from cvkit.runtime import Detector
+from cvkit.runtime.postprocess import boxes_to_original
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["circle", "rectangle", "triangle"]
+THREADS = 2
+
+
+def torch_pipeline(model: torch.nn.Module, detector: Detector, device: str) -> Callable:
+    """Eager PyTorch end to end, sharing the runtime's numpy pre-processing."""
+    model = model.to(device).eval()
+
+    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
+        batch, geometries = detector.preprocess(images)
+        with torch.inference_mode():
+            outputs = model(torch.from_numpy(batch).to(device))
+        return [
+            boxes_to_original(output["boxes"].cpu().numpy(), geometry)
+            for output, geometry in zip(outputs, geometries, strict=True)
+        ]
+
+    return predict
+
+
+def interleaved_timings(
+    pipelines: list[Callable], images: list[np.ndarray], iterations: int, warmup: int = 2
+) -> list[list[float]]:
+    """Seconds per call of each pipeline, after ``warmup`` calls each.
+
+    The pipelines take turns call by call, so a busy machine slows them alike and the ratio
+    stays fair.
+    """
+    for predict in pipelines:
+        for _ in range(warmup):
+            predict(images)
+    seconds: list[list[float]] = [[] for _ in pipelines]
+    for _ in range(iterations):
+        for predict, record in zip(pipelines, seconds, strict=True):
+            start = time.perf_counter()
+            predict(images)
+            record.append(time.perf_counter() - start)
+    return seconds
+
+
+def compare(
+    names: list[str], pipelines: list[Callable], images: list[np.ndarray], iterations: int
+) -> list[dict]:
+    """Latency p50/p95 at batch 1 and throughput at batch 8 of each pipeline."""
+    single = interleaved_timings(pipelines, images[:1], iterations, min(2, iterations))
+    batched = interleaved_timings(pipelines, images[:8], max(1, iterations // 5), 1)
+    return [
+        {
+            "name": name,
+            "p50_ms": 1000 * statistics.median(one),
+            "p95_ms": 1000 * float(np.percentile(one, 95)),
+            "throughput": 8 / statistics.median(eight),
+        }
+        for name, one, eight in zip(names, single, batched, strict=True)
+    ]
+
+
+def run(
+    cfg: Path | None,
+    iterations: int,
+    out: Path | None,
+    overrides: Sequence[str] = (),
+    image_shape: tuple[int, int] = (480, 640),
+) -> list[dict]:
+    """Build the config's model with seeded random weights, export it, time both pipelines."""
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    config = load_config(cfg, overrides)
+    model = build_model(config, len(CLASSES)).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*image_shape, 3), dtype=np.uint8) for _ in range(8)]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_model(model, path, metadata_from_config(config, CLASSES), ExportConfig(dynamic=True))
+        detector = Detector(path, providers="cpu", threads=THREADS)
+        rows += compare(
+            ["PyTorch eager (CPU)", "onnxruntime (CPU EP)"],
+            [torch_pipeline(model, detector, "cpu"), detector.predict],
+            images,
+            iterations,
+        )
+        if torch.cuda.is_available():
+            gpu = Detector(path, providers="cuda")
+            rows += compare(
+                ["PyTorch eager (CUDA)", "onnxruntime (CUDA EP)"],
+                [torch_pipeline(model, gpu, "cuda"), gpu.predict],
+                images,
+                iterations,
+            )
+    if out is not None:
+        write_report(
+            out, rows, config.model.name, config.model.backbone, config.data.image_size, iterations
+        )
+    return rows
+
+
+def write_report(
+    out: Path, rows: list[dict], model: str, backbone: str, size: int, iterations: int
+) -> None:
+    """Markdown table with the speed-up of onnxruntime over eager PyTorch per device."""
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    lines = [
+        "# Runtime: eager PyTorch vs onnxruntime, end to end",
+        "",
+        f"`python benchmarks/bench_runtime.py` — {model} ({backbone}), input {size}x{size}, "
+        f"seeded random weights, 640x480 RGB images; pre-processing (letterbox + normalize), "
+        f"model (with NMS) and mapping boxes back to original pixels are all timed. CPU rows: "
+        f"{THREADS} threads ({platform.processor() or platform.machine()}); latency over "
+        f"{iterations} calls at batch 1 after warm-up, throughput at batch 8; the two "
+        f"pipelines take turns call by call. Load average (1, 5, 15 min) at the end: {load}. "
+        f"torch {torch.__version__}.",
+        "",
+        "| pipeline | latency p50 (ms) | latency p95 (ms) | throughput batch 8 (img/s) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['name']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['throughput']:.1f} |"
+        for r in rows
+    ]
+    lines.append("")
+    for torch_row, ort_row in zip(rows[0::2], rows[1::2], strict=True):
+        latency = torch_row["p50_ms"] / ort_row["p50_ms"]
+        throughput = ort_row["throughput"] / torch_row["throughput"]
+        lines.append(
+            f"- {ort_row['name']}: {latency:.2f}x lower p50 latency and {throughput:.2f}x the "
+            f"throughput of {torch_row['name']} (target on CPU: >= 2x)."
+        )
+    if len(rows) == 2:
+        lines.append("- No GPU on this machine: no CUDA rows.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cfg", type=Path, default=ROOT / "configs" / "ssd.yaml")
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime.md")
+    args = parser.parse_args()
+    for row in run(args.cfg, args.iterations, args.out):
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

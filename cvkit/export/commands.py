@@ -1,0 +1,52 @@
+"""``cvkit export``: checkpoint → ``.onnx`` with metadata, checked against torch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cvkit.config.export import ExportConfig
+from cvkit.export.onnx import ExportResult, export_model, metadata_from_config
+from cvkit.logs import get_logger, setup_logging
+
+
+def export_checkpoint(
+    weights: str | Path, out: str | Path | None = None, options: ExportConfig | None = None
+) -> ExportResult:
+    """Rebuild the model saved in ``weights`` (a cvkit ``.pt``) and export it.
+
+    Args:
+        weights: checkpoint written by ``cvkit train``.
+        out: output file; default: ``weights`` with the suffix ``.onnx``.
+        options: export options; default: the checkpoint config's ``export:`` section.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. ExportError: export or parity check failed.
+    """
+    from cvkit.config import Config
+    from cvkit.engine.checkpoint import load_model
+
+    model, checkpoint = load_model(weights)
+    config = Config.model_validate(checkpoint["config"])
+    options = options or config.export
+    metadata = metadata_from_config(config, list(checkpoint["classes"]), options.nms)
+    out = Path(out) if out else Path(weights).with_suffix(".onnx")
+    return export_model(model, out, metadata, options)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``cvkit export`` (flags as defined in :mod:`cvkit.cli`)."""
+    setup_logging()
+    fields = {
+        "dynamic": args.dynamic,
+        "nms": args.nms,
+        "half": args.half,
+        "simplify": args.simplify,
+    }
+    if args.opset is not None:
+        fields["opset"] = args.opset
+    result = export_checkpoint(args.weights, args.out, ExportConfig(**fields))
+    differences = ", ".join(f"{name} {value:.2e}" for name, value in result.differences.items())
+    get_logger("export").info("wrote %s (parity max differences: %s)", result.path, differences)
+    print(result.path)
+    return 0

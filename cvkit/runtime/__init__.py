@@ -1,0 +1,28 @@
+"""Torch-free inference on exported cvkit models: numpy, OpenCV and onnxruntime only.
+
+``Detector("model.onnx").predict(image)`` returns boxes, scores, labels and class names in the
+original image's pixels; :class:`Classifier` and :class:`Segmenter` do the same for their
+tasks. Everything needed (classes, input size, normalization, resize policy, thresholds) is read
+from the file's metadata. See :mod:`cvkit.runtime.session` for the ``providers`` choice.
+"""
+
+from cvkit.runtime.errors import InputError, ModelFileError, ProviderError
+from cvkit.runtime.metadata import ModelMetadata
+from cvkit.runtime.postprocess import Classification, Detections, Segmentation
+from cvkit.runtime.predictors import Classifier, Detector, Predictor, Segmenter
+from cvkit.runtime.session import OnnxModel
+
+__all__ = [
+    "Classification",
+    "Classifier",
+    "Detections",
+    "Detector",
+    "InputError",
+    "ModelFileError",
+    "ModelMetadata",
+    "OnnxModel",
+    "Predictor",
+    "ProviderError",
+    "Segmentation",
+    "Segmenter",
+]

@@ -1,0 +1,142 @@
+"""Numpy post-processing: graph outputs → per-image results in original image pixels.
+
+Detectors exported with NMS in the graph return padded ``boxes [B, K, 4]``, ``scores [B, K]``,
+``labels [B, K]``, ``num_dets [B]``; only the first ``num_dets[b]`` rows of image ``b`` are
+real. Detectors exported with ``--no-nms`` return candidates ``boxes [B, N, 4]`` and
+``scores [B, N, C]``; :func:`select_detections` applies the score threshold, class-aware NMS
+(:func:`cvkit.runtime.ops_np.batched_nms`) and ``max_det`` as the torch model does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cvkit.runtime.ops_np import batched_nms
+from cvkit.runtime.preprocess import Geometry
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in its original pixels.
+
+    Attributes:
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in original image pixels.
+        scores: ``float32 [N]``, highest first.
+        labels: ``int64 [N]`` class indices in ``0..C-1``.
+        names: class name of each detection.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-ready lists: ``boxes``, ``scores``, ``labels``, ``names``."""
+        return {
+            "boxes": self.boxes.tolist(),
+            "scores": self.scores.tolist(),
+            "labels": self.labels.tolist(),
+            "names": list(self.names),
+        }
+
+
+@dataclass
+class Classification:
+    """Class probabilities of one image: ``probabilities float32 [C]``, the top class first."""
+
+    probabilities: np.ndarray
+    label: int
+    score: float
+    name: str
+
+
+@dataclass
+class Segmentation:
+    """Per-pixel classes of one image: ``mask int64 [h, w]`` at its original size."""
+
+    mask: np.ndarray
+    names: list[str]
+
+
+def select_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    topk_candidates: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of one image → its detections, as cvkit's torch detectors select them.
+
+    Args:
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in input pixels.
+        scores: ``float32 [N, C]`` per-class scores in [0, 1].
+        score_threshold: keep (candidate, class) pairs scoring strictly above this.
+        iou_threshold: class-aware NMS threshold.
+        max_det: keep at most this many, highest scores first.
+        topk_candidates: before NMS, keep only the best this many (candidate, class) pairs
+            (None: all).
+
+    Returns:
+        ``boxes [K, 4]``, ``scores [K]``, ``labels int64 [K]`` sorted by decreasing score.
+    """
+    num_classes = scores.shape[1]
+    flat = scores.reshape(-1)
+    keep = np.flatnonzero(flat > score_threshold)
+    if topk_candidates is not None and keep.size > topk_candidates:
+        best = np.argsort(-flat[keep], kind="stable")[:topk_candidates]
+        keep = keep[best]
+    kept_scores = flat[keep]
+    labels = (keep % num_classes).astype(np.int64)
+    kept_boxes = boxes[keep // num_classes]
+    survivors = batched_nms(kept_boxes, kept_scores, labels, iou_threshold)[:max_det]
+    return kept_boxes[survivors], kept_scores[survivors], labels[survivors]
+
+
+def boxes_to_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """``[N, 4]`` xyxy input pixels → original pixels, clipped to the original image."""
+    sx, sy = geometry.scale
+    ox, oy = geometry.offset
+    height, width = geometry.orig_size
+    out = (boxes.astype(np.float32) - np.array([ox, oy, ox, oy], dtype=np.float32)) / np.array(
+        [sx, sy, sx, sy], dtype=np.float32
+    )
+    out[:, 0::2] = out[:, 0::2].clip(0, width)
+    out[:, 1::2] = out[:, 1::2].clip(0, height)
+    return out
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def classification(logits: np.ndarray, classes: tuple[str, ...]) -> Classification:
+    """``logits [C]`` of one image → its :class:`Classification`."""
+    probabilities = softmax(logits.astype(np.float32))
+    label = int(probabilities.argmax())
+    return Classification(probabilities, label, float(probabilities[label]), classes[label])
+
+
+def segmentation(logits: np.ndarray, geometry: Geometry, classes: tuple[str, ...]) -> Segmentation:
+    """``logits [C, H, W]`` of one image → class mask at its original size.
+
+    The valid (unpadded) region is resized back with bilinear interpolation of the logits,
+    then the arg-max class is taken per pixel.
+    """
+    height, width = geometry.orig_size
+    sx, sy = geometry.scale
+    ox, oy = geometry.offset
+    valid_h = min(logits.shape[1], round(oy + height * sy))
+    valid_w = min(logits.shape[2], round(ox + width * sx))
+    region = logits[:, round(oy) : valid_h, round(ox) : valid_w].astype(np.float32)
+    channels_last = np.ascontiguousarray(region.transpose(1, 2, 0))
+    resized = cv2.resize(channels_last, (width, height), interpolation=cv2.INTER_LINEAR)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    return Segmentation(resized.argmax(axis=2).astype(np.int64), list(classes))

@@ -1,0 +1,186 @@
+"""Detector, Classifier and Segmenter: an exported model plus its pre- and post-processing.
+
+All three share one core (:class:`Predictor`): the onnxruntime session with its metadata, the
+pre-processing that metadata describes, and batching. ``predict`` takes one image (RGB
+``uint8 [H, W, 3]`` array or a file path) and returns one result, or a list of them and
+returns a list. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvkit.runtime.errors import InputError, ModelFileError
+from cvkit.runtime.metadata import ModelMetadata
+from cvkit.runtime.postprocess import (
+    Classification,
+    Detections,
+    Segmentation,
+    boxes_to_original,
+    classification,
+    segmentation,
+    select_detections,
+)
+from cvkit.runtime.preprocess import Geometry, ImageSource, preprocess, read_image
+from cvkit.runtime.session import OnnxModel
+
+
+class Predictor:
+    """The shared core: session, metadata, pre-processing, batching.
+
+    Args:
+        path: ``.onnx`` file written by ``cvkit export``.
+        providers: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or a list of onnxruntime
+            provider names (see :mod:`cvkit.runtime.session`).
+        threads: CPU intra-op threads (None: onnxruntime's default).
+        batch_size: images per ``session.run`` for models with a dynamic batch axis; a static
+            model runs its own batch size (the last chunk is padded).
+
+    Raises:
+        ModelFileError: unreadable file, missing metadata, or a model of another task.
+        ProviderError: the provider asked for did not start.
+    """
+
+    task = ""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str | Sequence[str] = "auto",
+        threads: int | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = OnnxModel(path, providers, threads)
+        if self.task and self.metadata.task != self.task:
+            raise ModelFileError(
+                f"{path}: this is a '{self.metadata.task}' model; "
+                f"{type(self).__name__} needs a '{self.task}' model"
+            )
+        static_batch = self.model.input_shape[0]
+        self.batch_size = static_batch if isinstance(static_batch, int) else batch_size
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's metadata (task, classes, input size, pre-processing, thresholds)."""
+        return self.model.metadata
+
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider that runs the graph."""
+        return self.model.provider
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, index ``i`` is class ``i``."""
+        return self.metadata.classes
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Geometry]]:
+        """RGB ``uint8`` images → network batch ``[B, 3, H, W]`` and per-image geometry."""
+        meta = self.metadata
+        return preprocess(
+            images, meta.input_size, meta.resize, meta.mean, meta.std, self.model.input_dtype
+        )
+
+    def _chunks(
+        self, images: list[np.ndarray]
+    ) -> Iterator[tuple[dict[str, np.ndarray], list[Geometry]]]:
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch, geometries = self.preprocess(chunk)
+            padding = self.batch_size - len(chunk)
+            if padding and isinstance(self.model.input_shape[0], int):
+                batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(padding, 0)])
+            yield self.model.run(batch), geometries
+
+    def predict(self, images: ImageSource | Sequence[ImageSource]) -> Any:
+        """Run the model on one image or a list (arrays RGB ``uint8 [H, W, 3]`` or paths).
+
+        Returns:
+            One result for one image, a list of results for a list.
+
+        Raises:
+            InputError: an unreadable file or an array of the wrong shape/dtype.
+        """
+        single = isinstance(images, (str, Path, np.ndarray))
+        sources = [images] if single else list(images)
+        if not sources:
+            raise InputError("predict() got an empty list of images")
+        loaded = [read_image(source) for source in sources]
+        results = []
+        for outputs, geometries in self._chunks(loaded):
+            results.extend(self._postprocess(outputs, geometries))
+        return results[0] if single else results
+
+    def _postprocess(self, outputs: dict[str, np.ndarray], geometries: list[Geometry]) -> list[Any]:
+        raise NotImplementedError
+
+
+class Detector(Predictor):
+    """Object detector: ``predict`` returns :class:`Detections` in original image pixels.
+
+    Uses the graph's NMS when it has one, else applies score threshold, class-aware NMS and
+    ``max_det`` from the metadata in numpy.
+    """
+
+    task = "detect"
+
+    def _postprocess(
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
+    ) -> list[Detections]:
+        meta = self.metadata
+        results = []
+        for index, geometry in enumerate(geometries):
+            if meta.nms_in_graph:
+                count = int(outputs["num_dets"][index])
+                boxes = outputs["boxes"][index, :count]
+                scores = outputs["scores"][index, :count]
+                labels = outputs["labels"][index, :count].astype(np.int64)
+            else:
+                boxes, scores, labels = select_detections(
+                    outputs["boxes"][index].astype(np.float32),
+                    outputs["scores"][index].astype(np.float32),
+                    meta.score_threshold,
+                    meta.iou_threshold,
+                    meta.max_det,
+                    meta.topk_candidates,
+                )
+            names = [self.classes[label] for label in labels]
+            results.append(
+                Detections(
+                    boxes_to_original(boxes, geometry),
+                    scores.astype(np.float32),
+                    labels,
+                    names,
+                )
+            )
+        return results
+
+
+class Classifier(Predictor):
+    """Image classifier: ``predict`` returns :class:`Classification` (softmax of the logits)."""
+
+    task = "classify"
+
+    def _postprocess(
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
+    ) -> list[Classification]:
+        logits = outputs["logits"]
+        return [classification(logits[i], self.classes) for i in range(len(geometries))]
+
+
+class Segmenter(Predictor):
+    """Semantic segmenter: ``predict`` returns :class:`Segmentation` at the original size."""
+
+    task = "segment"
+
+    def _postprocess(
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
+    ) -> list[Segmentation]:
+        logits = outputs["logits"]
+        return [
+            segmentation(logits[i], geometry, self.classes) for i, geometry in enumerate(geometries)
+        ]

@@ -1,0 +1,118 @@
+"""Numpy/OpenCV pre-processing that reproduces cvkit's evaluation preset exactly.
+
+An image (RGB ``uint8 [H, W, 3]``) goes through the resize policy recorded in the model's
+metadata, then normalization, then batching into ``float32 [B, 3, H, W]``:
+
+- ``letterbox``: resize with ``cv2.INTER_LINEAR`` keeping the aspect ratio so the image fits
+  the input size (the longer side fills it), then pad bottom/right with zeros; the geometry is
+  ``scale = (r, r)``, ``offset = (0, 0)``.
+- ``resize``: stretch to the input size; ``scale = (W / w, H / h)``.
+
+Predictions map back with ``original_xy = (input_xy - offset) / scale``, the data loader's
+contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvkit.runtime.errors import InputError
+
+ImageSource = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one original image was placed into the network input.
+
+    Attributes:
+        orig_size: ``(h, w)`` of the original image.
+        scale: ``(sx, sy)``; ``offset``: ``(ox, oy)``; ``original = (input - offset) / scale``.
+    """
+
+    orig_size: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[float, float] = (0.0, 0.0)
+
+
+def read_image(source: ImageSource) -> np.ndarray:
+    """An image as RGB ``uint8 [H, W, 3]``: read from a path, or checked if an array.
+
+    Arrays must be ``uint8`` RGB ``[H, W, 3]`` (grayscale ``[H, W]`` is expanded to 3 channels).
+
+    Raises:
+        InputError: unreadable file, or an array of the wrong shape or dtype.
+    """
+    if isinstance(source, (str, Path)):
+        image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"{source}: not a readable image file")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if not isinstance(source, np.ndarray):
+        raise InputError(f"expected an image path or a numpy array, got {type(source).__name__}")
+    if source.dtype != np.uint8:
+        raise InputError(f"image arrays must be uint8 RGB [H, W, 3], got dtype {source.dtype}")
+    if source.ndim == 2:
+        return np.repeat(source[:, :, None], 3, axis=2)
+    if source.ndim != 3 or source.shape[2] != 3 or min(source.shape[:2]) < 1:
+        raise InputError(f"image arrays must be uint8 RGB [H, W, 3], got shape {source.shape}")
+    return source
+
+
+def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:
+    """Fit ``image [h, w, 3]`` into ``input_size (H, W)`` keeping its aspect ratio.
+
+    Returns:
+        ``uint8 [H, W, 3]`` with the resized image at the top-left and zeros elsewhere, and its
+        :class:`Geometry` (``scale = (r, r)``, ``offset = (0, 0)``).
+    """
+    height, width = image.shape[:2]
+    target_h, target_w = input_size
+    ratio = min(target_h / height, target_w / width)
+    new_w = min(target_w, max(1, round(width * ratio)))
+    new_h = min(target_h, max(1, round(height * ratio)))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)
+    canvas[:new_h, :new_w] = resized
+    return canvas, Geometry((height, width), (ratio, ratio))
+
+
+def stretch(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:
+    """Resize ``image [h, w, 3]`` to ``input_size (H, W)`` ignoring its aspect ratio."""
+    height, width = image.shape[:2]
+    target_h, target_w = input_size
+    resized = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_LINEAR)
+    return resized, Geometry((height, width), (target_w / width, target_h / height))
+
+
+def normalize(
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """``uint8 [B, H, W, 3]`` → ``[B, 3, H, W]`` as ``(pixel / 255 - mean) / std``."""
+    mean_array = np.asarray(mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+    batch = (images.astype(np.float32) - mean_array) * inv_std
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=dtype)
+
+
+def preprocess(
+    images: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    resize: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, list[Geometry]]:
+    """RGB ``uint8`` images → the network batch ``[B, 3, H, W]`` and each image's geometry."""
+    place = letterbox if resize == "letterbox" else stretch
+    placed = [place(image, input_size) for image in images]
+    stacked = np.stack([canvas for canvas, _ in placed])
+    return normalize(stacked, mean, std, dtype), [geometry for _, geometry in placed]

@@ -1,0 +1,61 @@
+"""``cvkit export``: checkpoint → .onnx through the command line, served by the runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+from cvkit.cli import main
+from cvkit.config import config_to_dict, load_config
+from cvkit.engine.checkpoint import save_checkpoint
+from cvkit.models.build import build_model
+from cvkit.runtime import Classifier, OnnxModel
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def _classifier_checkpoint(tmp_path):
+    config = load_config(
+        None,
+        [
+            "task=classify",
+            "model.name=classifier",
+            "model.backbone=resnet18_tiny",
+            "data.image_size=32",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(config, len(CLASSES)).eval()
+    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
+    path = save_checkpoint(
+        {**checkpoint, "classes": CLASSES, "category_ids": None}, tmp_path / "best.pt"
+    )
+    return model, path
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging_off_captured_streams(monkeypatch):
+    monkeypatch.setattr("cvkit.export.commands.setup_logging", lambda: None)
+
+
+def test_export_command_writes_a_checked_self_describing_file(tmp_path, capsys):
+    model, weights = _classifier_checkpoint(tmp_path)
+    assert main(["export", "--weights", str(weights), "--dynamic", "--opset", "17"]) == 0
+    path = tmp_path / "best.onnx"
+    assert capsys.readouterr().out.strip() == str(path)
+    onnx_model = OnnxModel(path, "cpu")
+    assert onnx_model.input_shape == ["batch", 3, 32, 32]
+    assert onnx_model.metadata.classes == tuple(CLASSES)
+    assert onnx_model.metadata.model_name == "classifier"
+    classifier = Classifier(path, providers="cpu")
+    images = [np.random.default_rng(i).integers(0, 256, (40, 50, 3), np.uint8) for i in range(3)]
+    batch, _ = classifier.preprocess(images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).softmax(-1).numpy()
+    got = np.stack([r.probabilities for r in classifier.predict(images)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_export_command_reports_a_bad_checkpoint(tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["export", "--weights", str(tmp_path / "junk.pt")]) == 2
+    assert "junk.pt" in capsys.readouterr().err
