@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import load_config
 from cvkit.engine.tasks import Task
+from cvkit.models.build import register_model
 
 
 class ToyDataset(Dataset):
@@ -186,3 +187,9 @@ class OracleDetector(nn.Module):
                 }
             )
         return outputs
+
+
+@register_model("toy_oracle")
+def build_oracle(config, num_classes: int) -> OracleDetector:
+    """``model.name: toy_oracle``: an :class:`OracleDetector` over :class:`ToyDetectionDataset`."""
+    return OracleDetector(ToyDetectionDataset())

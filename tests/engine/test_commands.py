@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from engine_toys import OracleDetector, ToyDetectionDataset, detection_collate
+from engine_toys import ToyDetectionDataset, detection_collate
 from torch.utils.data import DataLoader
 
 from cvkit.cli import main
@@ -12,9 +12,6 @@ from cvkit.engine import commands
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.tasks.detect import DetectTask
 from cvkit.logs import setup_logging
-from cvkit.models.build import register_model
-
-register_model("toy_oracle")(lambda config, num_classes: OracleDetector(ToyDetectionDataset()))
 
 
 class ToyDetect(DetectTask):

@@ -12,6 +12,7 @@ from cvkit.engine.rundir import RunDir
 from cvkit.engine.tasks import detect, get_task
 from cvkit.engine.tasks.detect import DetectTask, to_original_pixels
 from cvkit.engine.trainer import Trainer
+from cvkit.errors import ConfigError
 
 
 def loader(dataset, batch_size=3):
@@ -80,3 +81,18 @@ def test_training_a_detector_through_the_trainer_raises_map(tmp_path):
     assert best["mAP"] == history[-1] and math.isfinite(trainer.history.rows[-1]["train/shift"])
     checkpoint = load_checkpoint(run.best)
     assert checkpoint["category_ids"] == [4, 9] and checkpoint["metrics"]["mAP"] == best["mAP"]
+
+
+def test_pretrained_initializes_the_detector_backbone(tmp_path):
+    from cvkit.models.backbones import create_backbone
+
+    source = create_backbone("resnet18_tiny", out_features=["layer2", "layer3", "layer4"])
+    path = tmp_path / "backbone.pth"
+    torch.save(source.state_dict(), path)
+    overrides = ["model.name=ssd", "model.backbone=resnet18_tiny", f"model.pretrained={path}"]
+    model = DetectTask(toy_config(*overrides)).build_model(num_classes=3)
+    loaded = model.backbone.state_dict()
+    for name, value in source.state_dict().items():
+        assert torch.equal(loaded[name], value), name
+    with pytest.raises(ConfigError, match="has no backbone"):
+        DetectTask(toy_config("model.name=toy_oracle", f"model.pretrained={path}")).build_model(2)
