@@ -23,13 +23,13 @@ HANDLERS: dict[str, str] = {
     "train": "cvkit.engine.commands:train",
     "eval": "cvkit.engine.commands:evaluate",
     "export": "cvkit.export.commands:run_export",
+    "data check": "cvkit.data.commands:check",
+    "data convert": "cvkit.data.commands:convert",
+    "data synth": "cvkit.data.commands:synth",
 }
 NOT_BUILT: dict[str, str] = {
     "predict": "the training engine + SSD issue",
     "serve": "the HTTP serving issue",
-    "data check": "the data issue",
-    "data convert": "the data issue",
-    "data synth": "the data issue",
 }
 
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_commands.add_parser("check", help="validate a dataset and report every problem")
     _add_dataset_args(check)
     check.add_argument("--show", type=int, default=0, metavar="N", help="draw N samples to PNGs")
+    check.add_argument("--show-dir", default="runs/data_check", help="folder for --show PNGs")
     convert = data_commands.add_parser("convert", help="convert between COCO, YOLO and VOC")
     _add_dataset_args(convert)
     convert.add_argument("--to", required=True, choices=["coco", "yolo", "voc"])
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_commands.add_parser("synth", help="write the built-in synthetic dataset")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--num-train", type=int, help="train images (default 600)")
+    synth.add_argument("--num-val", type=int, help="val images (default 150)")
+    synth.add_argument("--image-size", type=int, help="image side in pixels (default 160)")
     return parser
 
 

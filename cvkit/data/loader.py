@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cvkit.config.data import DataConfig
-from cvkit.data.records import IGNORE_INDEX, Records, Sample
+from cvkit.data.records import Records
 from cvkit.data.transforms import SampleTransform, build_transform
 from cvkit.errors import ConfigError
 
@@ -88,7 +88,7 @@ class RecordsDataset(Dataset):
         )
         if needs_masks and self.task == "detect":
             masks = sample.instance_masks()[keep]
-        semantic = self._semantic(sample) if self.task == "segment" else None
+        semantic = sample.semantic_mask() if self.task == "segment" else None
         out = self.transform(image, sample.boxes[keep], sample.labels[keep], masks, semantic)
         target: dict[str, Any] = {
             "boxes": torch.from_numpy(out.boxes),
@@ -104,19 +104,6 @@ class RecordsDataset(Dataset):
             target["semantic"] = torch.from_numpy(out.semantic.astype(np.int64))
         tensor = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))
         return tensor, target
-
-    @staticmethod
-    def _semantic(sample: Sample) -> np.ndarray:
-        """The sample's semantic mask, or one drawn from its instances (crowd = ignore)."""
-        semantic = sample.load_semantic()
-        if semantic is not None:
-            return semantic
-        semantic = np.zeros((sample.height, sample.width), np.uint8)
-        for mask, label, crowd in zip(
-            sample.instance_masks(), sample.labels, sample.iscrowd, strict=True
-        ):
-            semantic[mask > 0] = IGNORE_INDEX if crowd else label + 1
-        return semantic
 
     def coco_ground_truth(self) -> dict[str, Any]:
         """The split as a COCO instances dict in ORIGINAL image pixels (boxes ``[x, y, w, h]``).

@@ -11,6 +11,7 @@ COCO category id ``category_ids[i]``). Arrays are numpy: readers and writers nee
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,6 +126,22 @@ class Sample:
         mask = mask.astype(np.uint8)
         return mask
 
+    def semantic_mask(self) -> np.ndarray:
+        """``uint8 [H, W]``: the semantic mask file, else one drawn from the instances.
+
+        Drawn masks hold ``label + 1`` inside each object (its segmentation, or its box when it
+        has none), 0 elsewhere, and 255 (ignore) over crowd/difficult objects.
+        """
+        semantic = self.load_semantic()
+        if semantic is not None:
+            return semantic
+        semantic = np.zeros((self.height, self.width), np.uint8)
+        for mask, label, crowd in zip(
+            self.instance_masks(), self.labels, self.iscrowd, strict=True
+        ):
+            semantic[mask > 0] = IGNORE_INDEX if crowd else label + 1
+        return semantic
+
     def subset(self, keep: np.ndarray) -> Sample:
         """A copy holding only the objects where the boolean/int index ``keep`` selects."""
         segmentations = (
@@ -222,3 +239,45 @@ def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
         return None
     xs = np.flatnonzero(mask.any(axis=0))
     return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], np.float32)
+
+
+def save_images(records: Records, images_dir: Path) -> None:
+    """Put every sample's image at ``images_dir / file_name``.
+
+    In-memory images are encoded by extension (``.jpg`` at quality 95, ``.png`` lossless);
+    image files are copied.
+
+    Raises:
+        DatasetError: a source file is missing or a file cannot be written.
+    """
+    for sample in records.samples:
+        target = images_dir / sample.file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if sample.image is not None:
+            jpeg = target.suffix.lower() in {".jpg", ".jpeg"}
+            params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
+            bgr = cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(target), bgr, params):
+                raise DatasetError(f"{target}: cannot write the image")
+        elif sample.path is not None and Path(sample.path).resolve() != target.resolve():
+            if not Path(sample.path).is_file():
+                raise DatasetError(f"{sample.path}: image file is missing")
+            shutil.copyfile(sample.path, target)
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header (the pixels are not decoded).
+
+    Raises:
+        DatasetError: the file is missing or not an image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file is missing") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: image file is unreadable ({exc})") from None
+    return height, width

@@ -11,14 +11,12 @@ annotations are kept as empty samples.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from cvkit.data.records import Records, Sample, decode_segmentation
+from cvkit.data.records import Records, Sample, decode_segmentation, save_images
 from cvkit.errors import DatasetError
 
 
@@ -168,25 +166,7 @@ def write_coco(records: Records, images_dir: str | Path, json_path: str | Path) 
     are copied to ``images_dir / file_name``.
     """
     images_dir, json_path = Path(images_dir), Path(json_path)
-    copy_images(records, images_dir)
+    save_images(records, images_dir)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(coco_dict(records)), encoding="utf-8")
     return json_path
-
-
-def copy_images(records: Records, images_dir: Path) -> None:
-    """Put every sample's image at ``images_dir / file_name`` (encode arrays, copy files)."""
-    for sample in records.samples:
-        target = images_dir / sample.file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if sample.image is not None:
-            params = (
-                [cv2.IMWRITE_JPEG_QUALITY, 95] if target.suffix.lower() in {".jpg", ".jpeg"} else []
-            )
-            bgr = cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)
-            if not cv2.imwrite(str(target), bgr, params):
-                raise DatasetError(f"{target}: cannot write the image")
-        elif sample.path is not None and Path(sample.path).resolve() != target.resolve():
-            if not Path(sample.path).is_file():
-                raise DatasetError(f"{sample.path}: image file is missing")
-            shutil.copyfile(sample.path, target)

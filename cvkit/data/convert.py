@@ -1,0 +1,55 @@
+"""Convert a dataset split between COCO, YOLO and Pascal VOC (``cvkit data convert``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvkit.data.formats.detect import FORMATS, detect_format, load_records
+from cvkit.errors import DatasetError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def infer_split(path: str | Path, split: str | None) -> str:
+    """``split``, else the split a COCO file name states (``instances_val.json``), else train."""
+    if split:
+        return split
+    stem = Path(path).stem.removeprefix("instances_")
+    return stem if detect_format(path) == "coco" and stem in SPLIT_NAMES else "train"
+
+
+def convert(
+    source: str | Path,
+    to: str,
+    out_dir: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+) -> Path:
+    """Read the split named by ``source`` and write it as ``to`` into ``out_dir``.
+
+    Outputs: COCO ``annotations/instances_<split>.json`` + ``images/<split>/``; YOLO
+    ``data.yaml`` + ``images/<split>/`` + ``labels/<split>/``; VOC ``JPEGImages/``,
+    ``Annotations/``, ``ImageSets/Main/<split>.txt``, ``SegmentationClass/``. Converting
+    several splits into one folder builds up one dataset. Returns the path that names the
+    result (the JSON, the data YAML or the VOC folder).
+
+    Raises:
+        DatasetError: unknown target format or an unreadable source.
+    """
+    if to not in FORMATS:
+        raise DatasetError(f"--to {to!r}: choose one of {FORMATS}")
+    split = infer_split(source, split)
+    records = load_records(source, images, split)
+    out_dir = Path(out_dir)
+    if to == "coco":
+        from cvkit.data.formats.coco import write_coco
+
+        json_path = out_dir / "annotations" / f"instances_{split}.json"
+        return write_coco(records, out_dir / "images" / split, json_path)
+    if to == "yolo":
+        from cvkit.data.formats.yolo import write_yolo
+
+        return write_yolo(records, out_dir, split)
+    from cvkit.data.formats.voc import write_voc
+
+    return write_voc(records, out_dir, split)

@@ -1,0 +1,194 @@
+"""Pascal VOC: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/``, ``SegmentationClass/``.
+
+Boxes in the XML are 1-based inclusive pixel indices (``xmin=1, xmax=W`` covers the whole
+image), read as ``(xmin - 1, ymin - 1, xmax, ymax)`` in cvkit's continuous pixel coordinates and
+written back the same way. ``difficult`` objects are kept with ``iscrowd`` set, so evaluation
+ignores them as VOC's protocol does. ``SegmentationClass`` PNGs are palette images whose
+indices are the classes (0 background, ``k`` = class ``k - 1``, 255 = border/ignore); they are
+read as indices, never as colours. Class order: ``labels.txt`` or ``classes.txt`` in the root
+when present, else the 20 VOC classes when every name is one of them, else sorted names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cvkit.data.records import Records, Sample, read_image_size, save_images
+from cvkit.errors import DatasetError
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+]  # fmt: skip
+CLASS_FILES = ("labels.txt", "classes.txt")
+
+
+def voc_palette() -> list[int]:
+    """The standard VOC colour map: 256 RGB triples flattened (index 255 is cream-white)."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _split_ids(root: Path, split: str | None) -> list[str]:
+    if split:
+        for folder in ("Main", "Segmentation"):
+            listing = root / "ImageSets" / folder / f"{split}.txt"
+            if listing.is_file():
+                lines = listing.read_text(encoding="utf-8").split("\n")
+                return [line.split()[0] for line in lines if line.strip()]
+    if (root / "Annotations").is_dir():
+        return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+    return sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
+
+
+def _parse_xml(path: Path) -> tuple[str | None, int, int, list[tuple[str, list[float], bool]]]:
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as exc:
+        raise DatasetError(f"{path}: cannot parse the VOC annotation ({exc})") from None
+    node = tree.getroot()
+    size = node.find("size")
+    width = int(float(size.findtext("width", "0"))) if size is not None else 0
+    height = int(float(size.findtext("height", "0"))) if size is not None else 0
+    objects = []
+    for obj in node.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            raise DatasetError(f"{path}: an object has no bndbox")
+        xmin, ymin, xmax, ymax = (
+            float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")
+        )
+        difficult = obj.findtext("difficult", "0").strip() in {"1", "true"}
+        objects.append(
+            (obj.findtext("name", "").strip(), [xmin - 1, ymin - 1, xmax, ymax], difficult)
+        )
+    return node.findtext("filename"), height, width, objects
+
+
+def _classes(root: Path, names: set[str]) -> list[str]:
+    for name in CLASS_FILES:
+        if (root / name).is_file():
+            lines = (root / name).read_text(encoding="utf-8").splitlines()
+            listed = [line.strip() for line in lines if line.strip()]
+            return [c for c in listed if c != "background"]
+    if names <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(names)
+
+
+def read_voc(root: str | Path, split: str | None = None) -> Records:
+    """Read a VOC folder (or the ``split`` listed in ``ImageSets``) into :class:`Records`.
+
+    Names not in the class list get label ``-1`` for :mod:`cvkit.data.check` to report.
+
+    Raises:
+        DatasetError: an XML file cannot be parsed or lacks a box.
+    """
+    root = Path(root)
+    parsed = []
+    for image_id in _split_ids(root, split):
+        xml = root / "Annotations" / f"{image_id}.xml"
+        filename, height, width, objects = _parse_xml(xml) if xml.is_file() else (None, 0, 0, [])
+        path = root / "JPEGImages" / (filename or f"{image_id}.jpg")
+        semantic = root / "SegmentationClass" / f"{image_id}.png"
+        semantic = semantic if semantic.is_file() else None
+        if not (height and width):
+            with contextlib.suppress(DatasetError):  # the check reports the missing image
+                height, width = read_image_size(semantic or path)
+        parsed.append((image_id, path, height, width, objects, semantic))
+    classes = _classes(root, {name for *_, objects, _ in parsed for name, _, _ in objects})
+    index = {name: i for i, name in enumerate(classes)}
+    samples = [
+        Sample(
+            image_id=number + 1,
+            file_name=path.name,
+            height=height,
+            width=width,
+            path=path,
+            boxes=np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4),
+            labels=[index.get(name, -1) for name, _, _ in objects],
+            iscrowd=[difficult for _, _, difficult in objects],
+            semantic_path=semantic,
+        )
+        for number, (_, path, height, width, objects, semantic) in enumerate(parsed)
+    ]
+    return Records(samples, classes, None, f"{root}:{split or 'all'}")
+
+
+def _xml(sample: Sample, classes: list[str]) -> str:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = Path(sample.file_name).name
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = (
+        "1" if sample.semantic_path or sample.segmentations else "0"
+    )
+    for box, label, crowd in zip(sample.boxes, sample.labels, sample.iscrowd, strict=True):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = classes[int(label)]
+        ET.SubElement(obj, "difficult").text = "1" if crowd else "0"
+        ET.SubElement(obj, "truncated").text = "0"
+        node = ET.SubElement(obj, "bndbox")
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        for key, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(node, key).text = str(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def write_voc(records: Records, out_dir: str | Path, split: str = "train") -> Path:
+    """Write one split as VOC into ``out_dir``; returns ``out_dir``.
+
+    Writes ``JPEGImages/``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``,
+    ``labels.txt`` (the class order) and, for samples with a semantic mask or instance
+    segmentations, palette PNGs in ``SegmentationClass/`` (listed in
+    ``ImageSets/Segmentation/<split>.txt``).
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    flat = [replace(s, file_name=Path(s.file_name).name) for s in records.samples]
+    save_images(Records(flat, records.classes, records.category_ids), out_dir / "JPEGImages")
+    for folder in ("Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    ids, segmented = [], []
+    palette = voc_palette()
+    for sample in flat:
+        image_id = Path(sample.file_name).stem
+        ids.append(image_id)
+        (out_dir / "Annotations" / f"{image_id}.xml").write_text(
+            _xml(sample, records.classes), encoding="utf-8"
+        )
+        if sample.semantic_path is not None or sample.segmentations:
+            semantic = sample.semantic_mask()
+            png = Image.fromarray(semantic.astype(np.uint8), mode="P")
+            png.putpalette(palette)
+            png.save(out_dir / "SegmentationClass" / f"{image_id}.png")
+            segmented.append(image_id)
+    (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text(
+        "".join(f"{i}\n" for i in ids), encoding="utf-8"
+    )
+    if segmented:
+        listing = out_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
+        listing.write_text("".join(f"{i}\n" for i in segmented), encoding="utf-8")
+    (out_dir / "labels.txt").write_text(
+        "".join(f"{c}\n" for c in records.classes), encoding="utf-8"
+    )
+    return out_dir

@@ -1,0 +1,101 @@
+"""The dataset check finds each planted defect, names its file, and sets the exit code."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from cvkit.cli import main
+from cvkit.data.check import check_dataset
+from cvkit.data.synthetic import annotation_path
+
+
+@pytest.fixture
+def broken_coco(tiny_synthetic, tmp_path):
+    """A copy of the tiny synthetic train split with one planted defect per image."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_synthetic / "images" / "train", root / "images")
+    data = json.loads(annotation_path(tiny_synthetic, "train").read_text())
+    names = [image["file_name"] for image in data["images"]]
+    (root / "images" / names[0]).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "images" / names[1]).unlink()
+    first_ann = {image["id"]: None for image in data["images"]}
+    for ann in data["annotations"]:
+        if first_ann[ann["image_id"]] is None:
+            first_ann[ann["image_id"]] = ann
+    ids = [image["id"] for image in data["images"]]
+    first_ann[ids[2]]["bbox"][2] = -5.0  # negative width
+    first_ann[ids[3]]["category_id"] = 9  # not a category
+    first_ann[ids[4]]["category_id"] = 0  # 0-based id in a 1-based file
+    data["images"][5]["width"] += 7  # annotation size differs from the file
+    data["images"][7]["id"] = data["images"][6]["id"]  # duplicate image id
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != ids[5]]
+    path = root / "instances.json"
+    path.write_text(json.dumps(data))
+    return path, names
+
+
+def test_every_planted_defect_is_found_and_named(broken_coco):
+    path, names = broken_coco
+    report, _ = check_dataset(path)
+    found = {(p.kind, p.file.rsplit("/", 1)[-1].split(" ")[0]) for p in report.errors}
+    assert ("unreadable image", names[0]) in found
+    assert ("missing image file", names[1]) in found
+    assert ("box has zero or negative area", names[2]) in found
+    assert ("unknown category id", names[3]) in found
+    assert ("unknown category id", names[4]) in found
+    assert ("image size differs from the annotation", names[5]) in found
+    assert ("duplicate image id", names[7]) in found
+    text = report.format()
+    assert "0-based ids in annotations, 1-based categories?" in text
+    assert "category_id 9 not in categories [1, 2, 3]" in text
+    assert ("image without objects", names[5]) in {(p.kind, p.file) for p in report.warnings}
+
+
+def test_cli_exit_codes_and_show(broken_coco, tiny_synthetic, tmp_path, capsys):
+    path, _ = broken_coco
+    assert main(["data", "check", str(path)]) == 1
+    assert "missing image file" in capsys.readouterr().out
+    clean = annotation_path(tiny_synthetic, "val")
+    shown = tmp_path / "shown"
+    assert main(["data", "check", str(clean), "--show", "2", "--show-dir", str(shown)]) == 0
+    pngs = sorted(shown.iterdir())
+    assert len(pngs) == 2 and cv2.imread(str(pngs[0])).shape == (64, 64, 3)
+
+
+def test_yolo_labels_out_of_range_and_box_outside(tmp_path):
+    images, labels = tmp_path / "images" / "train", tmp_path / "labels" / "train"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.png"), np.zeros((20, 20, 3), np.uint8))
+    (labels / "a.txt").write_text("3 0.5 0.5 0.2 0.2\n")
+    (labels / "b.txt").write_text("0 1.2 0.5 0.2 0.2\n0 0.9 0.5 0.4 0.2\n")
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump({"path": ".", "train": "images/train", "names": ["x", "y"]}))
+    report, _ = check_dataset(path, split="train")
+    kinds = {(p.level, p.kind, p.file) for p in report.problems}
+    assert ("error", "label outside the class list", "a.png") in kinds
+    assert ("error", "box outside the image", "b.png") in kinds
+    assert ("warning", "box out of bounds (clipped)", "b.png") in kinds
+
+
+def test_warnings_alone_exit_zero(tmp_path, tiny_synthetic):
+    data = json.loads(annotation_path(tiny_synthetic, "val").read_text())
+    for category in data["categories"]:
+        category["id"] *= 2  # 2, 4, 6: not contiguous, but consistent
+    for ann in data["annotations"]:
+        ann["category_id"] *= 2
+    path = tiny_synthetic / "annotations" / "noncontiguous_val.json"
+    path.write_text(json.dumps(data))
+    try:
+        report, records = check_dataset(path, tiny_synthetic / "images" / "val")
+        assert not report.errors and records.category_ids == [2, 4, 6]
+        assert "category ids not contiguous" in report.kinds()
+        images = str(tiny_synthetic / "images" / "val")
+        assert main(["data", "check", str(path), "--images", images]) == 0
+    finally:
+        path.unlink()

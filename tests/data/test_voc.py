@@ -1,0 +1,67 @@
+"""Pascal VOC reader/writer against hand-built files following the VOC devkit layout."""
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cvkit.data.formats.voc import VOC_CLASSES, read_voc, voc_palette, write_voc
+
+XML = """<annotation>
+  <filename>{name}.jpg</filename>
+  <size><width>60</width><height>40</height><depth>3</depth></size>
+  <object><name>dog</name><difficult>0</difficult>
+    <bndbox><xmin>1</xmin><ymin>1</ymin><xmax>60</xmax><ymax>40</ymax></bndbox></object>
+  <object><name>person</name><difficult>1</difficult>
+    <bndbox><xmin>11</xmin><ymin>6</ymin><xmax>20</xmax><ymax>15</ymax></bndbox></object>
+</annotation>"""
+
+
+def _voc(tmp_path):
+    root = tmp_path / "VOC"
+    for folder in ("Annotations", "JPEGImages", "SegmentationClass", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for name in ("2007_000001", "2007_000002"):
+        (root / "Annotations" / f"{name}.xml").write_text(XML.format(name=name))
+        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), np.zeros((40, 60, 3), np.uint8))
+    indices = np.zeros((40, 60), np.uint8)
+    indices[5:15, 10:20] = 15  # person
+    indices[4, :] = 255  # border / ignore
+    png = Image.fromarray(indices, mode="P")
+    png.putpalette(voc_palette())
+    png.save(root / "SegmentationClass" / "2007_000002.png")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("2007_000002\n")
+    return root, indices
+
+
+def test_reader_follows_the_devkit(tmp_path):
+    root, indices = _voc(tmp_path)
+    records = read_voc(root)
+    assert records.classes == VOC_CLASSES and len(records) == 2
+    sample = records.samples[0]
+    # xmin=1..xmax=60 (1-based inclusive) covers the whole 60-pixel-wide image
+    assert np.allclose(sample.boxes, [[0, 0, 60, 40], [10, 5, 20, 15]])
+    assert sample.labels.tolist() == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
+    assert sample.iscrowd.tolist() == [False, True]  # difficult
+    val = read_voc(root, "val")
+    assert [s.file_name for s in val.samples] == ["2007_000002.jpg"]
+    assert np.array_equal(val.samples[0].load_semantic(), indices)  # indices, not colours
+
+
+def test_palette_is_the_voc_colour_map():
+    palette = np.array(voc_palette()).reshape(256, 3)
+    assert palette[1].tolist() == [128, 0, 0] and palette[15].tolist() == [192, 128, 128]
+    assert palette[255].tolist() == [224, 224, 192]
+
+
+def test_writer_round_trip(tmp_path):
+    root, indices = _voc(tmp_path)
+    records = read_voc(root, "val")
+    out = write_voc(records, tmp_path / "out", "val")
+    again = read_voc(out, "val")
+    assert again.classes == records.classes
+    for a, b in zip(records.samples, again.samples, strict=True):
+        assert np.allclose(a.boxes, b.boxes) and np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.iscrowd, b.iscrowd)
+        assert np.array_equal(b.load_semantic(), indices)
+        with Image.open(b.semantic_path) as png:
+            assert png.mode == "P"
