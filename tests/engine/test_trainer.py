@@ -186,3 +186,27 @@ def test_amp_on_cuda_trains_with_finite_losses():
     assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
     trainer.fit()
     assert all(math.isfinite(v) for v in trainer.batch_losses)
+
+
+def test_grad_clip_bounds_the_update_and_val_every_skips_epochs(tmp_path):
+    settings = [
+        "train.epochs=3",
+        "train.optimizer=sgd",
+        "train.momentum=0",
+        "train.weight_decay=0",
+        "train.lr=1.0",
+        "train.scheduler=constant",
+        "train.grad_clip=0.05",
+        "train.val_every=2",
+    ]
+    run = make_run(tmp_path, "run")
+    trainer = make_trainer(toy_config(*settings), run, batch_size=16, shuffle=False)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.train_one_epoch(0)
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    # one step of plain SGD at lr 1 moves the weights by the clipped gradient: norm 0.05
+    assert trainer.step == 1
+    assert torch.linalg.vector_norm(after - before).item() == pytest.approx(0.05, rel=1e-4)
+    trainer.fit()
+    rows = [json.loads(line) for line in run.metrics_jsonl.read_text().splitlines()]
+    assert ["val/neg_mse" in row for row in rows] == [False, True, True]
