@@ -369,6 +369,8 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         if self.ema is not None and checkpoint.get("ema"):
             self.ema.load_state_dict(checkpoint["ema"])
+        elif self.ema is not None:  # EMA switched on at resume: start it from the loaded weights
+            self.ema = ModelEMA(self.model, self.config.train.ema_decay)
         restore_rng_state(checkpoint["rng"])
         self.epoch = int(checkpoint["epoch"])
         self.step = int(checkpoint["step"])
