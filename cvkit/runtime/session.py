@@ -3,7 +3,8 @@
 ``providers`` picks where the graph runs:
 
 - ``"auto"``: CUDA when the CUDA provider is installed and an NVIDIA device is present, else
-  the CPU. The provider that actually runs is logged and exposed as :attr:`OnnxModel.provider`.
+  the CPU (with a warning when a device is present but CUDA does not start). The provider that
+  actually runs is logged and exposed as :attr:`OnnxModel.provider`.
 - ``"cpu"``: the CPU only.
 - ``"cuda"``: CUDA, or a :class:`ProviderError` when the CUDA provider did not start (it never
   falls back to the CPU silently).
@@ -120,10 +121,13 @@ class OnnxModel:
             ) from None
         self.providers: list[str] = self.session.get_providers()
         if wanted[0] != CPU and self.providers[0] != wanted[0]:
-            raise ProviderError(
+            message = (
                 f"{self.path}: asked for {wanted[0]} but onnxruntime runs {self.providers} "
                 "(is the GPU visible and are CUDA/cuDNN libraries installed?)"
             )
+            if providers != "auto":
+                raise ProviderError(message)
+            logger.warning("%s; providers='auto' continues on the CPU", message)
         logger.info("%s runs on %s", self.path.name, self.providers[0])
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, str(self.path))

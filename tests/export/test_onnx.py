@@ -175,6 +175,20 @@ def test_half_export_keeps_float32_io_and_passes_parity(toy_classifier, tmp_path
     weights = [t.data_type for t in onnx.load(str(path)).graph.initializer if len(t.dims) > 1]
     assert weights and set(weights) == {onnx.TensorProto.FLOAT16}
     assert result.differences["logits"] < 1e-2
+    assert all(p.dtype == torch.float32 for p in toy_classifier.parameters())
+
+
+def test_half_detector_export_is_checked_through_its_candidates(toy_detector, tmp_path):
+    path = tmp_path / "half_det.onnx"
+    result = export_model(toy_detector, path, DETECT_META, ExportConfig(half=True, dynamic=True))
+    assert result.differences["boxes"] < 1e-2 and result.differences["scores"] < 1e-2
+    detector = Detector(path, providers="cpu")
+    assert detector.model.input_dtype == np.float32 and detector.metadata.nms_in_graph
+    images = _images(2, square=True)
+    expected = _torch_detections(toy_detector, detector, images)
+    for got, (_, scores, _) in zip(detector.predict(images), expected, strict=True):
+        assert abs(len(got.scores) - len(scores)) <= 2
+        np.testing.assert_allclose(got.scores[:3], scores[:3], atol=1e-2)
 
 
 class _TracesDifferently(torch.nn.Module):

@@ -37,6 +37,15 @@ def test_cuda_that_does_not_start_fails_loudly(mean_colour_model):
         assert model.provider == CUDA
 
 
+def test_auto_warns_when_a_present_gpu_does_not_start(mean_colour_model, monkeypatch, caplog):
+    monkeypatch.setattr("cvkit.runtime.session._nvidia_device_present", lambda: True)
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA provider")
+    model = OnnxModel(mean_colour_model, "auto")
+    if model.provider == CPU:
+        assert "continues on the CPU" in caplog.text
+
+
 def test_unknown_provider_name_is_an_error(mean_colour_model):
     with pytest.raises(ProviderError, match="'gpu'"):
         OnnxModel(mean_colour_model, "gpu")
