@@ -26,9 +26,9 @@ HANDLERS: dict[str, str] = {
     "data check": "cvkit.data.commands:check",
     "data convert": "cvkit.data.commands:convert",
     "data synth": "cvkit.data.commands:synth",
+    "predict": "cvkit.engine.predict:run_predict",
 }
 NOT_BUILT: dict[str, str] = {
-    "predict": "the training engine + SSD issue",
     "serve": "the HTTP serving issue",
 }
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", required=True, help="checkpoint (.pt) or exported .onnx")
     predict.add_argument("--out", default="runs/predict", help="output folder for PNGs and JSON")
     predict.add_argument(
-        "--score-threshold", type=float, default=None, help="minimum score to keep"
+        "--score-threshold", type=float, default=None, help="minimum score to keep (default 0.3)"
     )
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX")

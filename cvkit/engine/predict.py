@@ -1,0 +1,225 @@
+"""``cvkit predict``: run a trained detector on image files, draw the detections, write JSON.
+
+The model call and the output are separate pieces. A *detector* is any callable that takes a
+list of RGB images (``uint8 [H, W, 3]``) and returns one :class:`Prediction` per image in
+original image pixels; :class:`CheckpointDetector` is the one for a ``.pt`` checkpoint (same
+pre-processing as validation: the config's ``letterbox``/``resize`` and normalization).
+:class:`PredictionWriter` (drawing with :func:`cvkit.data.visualize.draw_detections`) works on
+predictions from any detector.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cvkit.data.records import read_image
+from cvkit.data.visualize import draw_detections
+from cvkit.errors import DatasetError, NotBuiltError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+@dataclass
+class Prediction:
+    """The detections of one image.
+
+    Attributes:
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in original image pixels.
+        scores: ``float32 [N]``, highest first.
+        labels: ``int64 [N]`` class indices in ``0..C-1``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def above(self, score_threshold: float) -> Prediction:
+        """Only the detections scoring at least ``score_threshold``."""
+        keep = self.scores >= score_threshold
+        return Prediction(self.boxes[keep], self.scores[keep], self.labels[keep])
+
+
+Detector = Callable[[Sequence[np.ndarray]], list[Prediction]]
+
+
+def list_images(sources: Iterable[str | Path]) -> list[Path]:
+    """Image files named by ``sources``: files as given, folders by their image files (sorted).
+
+    Raises:
+        DatasetError: a source does not exist, or no image file was found.
+    """
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            paths += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise DatasetError(f"{source}: no such image file or folder")
+    if not paths:
+        names = ", ".join(str(s) for s in sources)
+        raise DatasetError(f"{names}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+class CheckpointDetector:
+    """A trained cvkit detector (``.pt`` checkpoint) as a :data:`Detector`.
+
+    Images go through the validation path: the config's eval pre-processing
+    (``data.resize`` to ``data.image_size``, ``data.mean``/``data.std``), the model in eval
+    mode, and boxes mapped back to original pixels as validation maps them.
+
+    Args:
+        weights: checkpoint written by ``cvkit train``; the model is rebuilt from it alone.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, weights: str | Path, device: str = "auto", batch_size: int = 8) -> None:
+        import torch
+
+        from cvkit.config import Config
+        from cvkit.data.loader import Collate
+        from cvkit.data.transforms import build_transform
+        from cvkit.engine.checkpoint import load_model
+        from cvkit.engine.environment import select_device
+
+        self._torch = torch
+        self.device = select_device(device)
+        self.model, checkpoint = load_model(weights, self.device)
+        config = Config.model_validate(checkpoint["config"])
+        self.classes: list[str] = list(checkpoint["classes"])
+        self.transform = build_transform(config.data, config.task, train=False)
+        self.collate = Collate(config.data.mean, config.data.std)
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Detections of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            predictions += self._predict_batch(images[start : start + self.batch_size])
+        return predictions
+
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        from cvkit.engine.tasks.detect import to_original_pixels
+
+        torch = self._torch
+        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        samples = []
+        for image in images:
+            fitted = self.transform(image, no_boxes, no_labels)
+            pixels = torch.from_numpy(np.ascontiguousarray(fitted.image.transpose(2, 0, 1)))
+            geometry = {
+                "scale": fitted.scale,
+                "offset": fitted.offset,
+                "orig_size": image.shape[:2],
+            }
+            samples.append((pixels, geometry))
+        batch, geometries = self.collate(samples)
+        with torch.no_grad():
+            outputs = self.model(batch.to(self.device))
+        predictions = []
+        for output, geometry in zip(outputs, geometries, strict=True):
+            mapped = to_original_pixels(output, geometry)
+            predictions.append(
+                Prediction(
+                    mapped["boxes"].numpy(),
+                    mapped["scores"].numpy(),
+                    mapped["labels"].numpy().astype(np.int64),
+                )
+            )
+        return predictions
+
+
+def prediction_record(path: Path, prediction: Prediction, classes: Sequence[str]) -> dict[str, Any]:
+    """One image's entry of ``predictions.json``."""
+    return {
+        "image": str(path),
+        "detections": [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 5),
+                "label": int(label),
+                "class": classes[label],
+            }
+            for box, score, label in zip(
+                prediction.boxes, prediction.scores, prediction.labels, strict=True
+            )
+        ],
+    }
+
+
+class PredictionWriter:
+    """Writes ``<out>/<image stem>.png`` (detections drawn) per image and ``predictions.json``.
+
+    The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
+    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels.
+
+    Args:
+        out: output folder (created).
+        classes: class names, indexed by label.
+    """
+
+    def __init__(self, out: str | Path, classes: Sequence[str]) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.classes = list(classes)
+        self.records: list[dict[str, Any]] = []
+        self._names: set[str] = set()
+
+    def add(self, path: Path, image: np.ndarray, prediction: Prediction) -> Path:
+        """Draw one image's detections to a PNG and record them; returns the PNG's path."""
+        name = path.stem
+        while name in self._names:  # the same stem in two folders: keep both drawings
+            name += "_"
+        self._names.add(name)
+        drawing = self.out / f"{name}.png"
+        drawn = draw_detections(
+            image, prediction.boxes, prediction.labels, self.classes, scores=prediction.scores
+        )
+        cv2.imwrite(str(drawing), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        self.records.append(prediction_record(path, prediction, self.classes))
+        return drawing
+
+    def finish(self) -> Path:
+        """Write ``predictions.json`` (atomically) and return its path."""
+        json_path = self.out / "predictions.json"
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.records, indent=1), encoding="utf-8")
+        tmp.replace(json_path)
+        return json_path
+
+
+def run_predict(args: Any) -> int:
+    """``cvkit predict``: detect objects in ``args.source`` with ``args.weights``."""
+    from cvkit.engine.environment import configure_threads
+
+    configure_threads()
+    if Path(args.weights).suffix.lower() == ".onnx":
+        raise NotBuiltError(
+            f"{args.weights}: predicting with an exported .onnx arrives with the ONNX runtime; "
+            "pass the .pt checkpoint"
+        )
+    paths = list_images(args.source)
+    detector = CheckpointDetector(args.weights)
+    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    writer = PredictionWriter(args.out, detector.classes)
+    total = 0
+    for start in range(0, len(paths), detector.batch_size):
+        chunk = paths[start : start + detector.batch_size]
+        images = [read_image(path) for path in chunk]
+        for path, image, prediction in zip(chunk, images, detector(images), strict=True):
+            kept = prediction.above(threshold)
+            writer.add(path, image, kept)
+            total += len(kept.scores)
+    json_path = writer.finish()
+    print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
+    return 0
