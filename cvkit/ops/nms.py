@@ -18,6 +18,8 @@ On CUDA and while tracing for ONNX, torchvision's kernels are used directly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -25,10 +27,8 @@ import torchvision
 from torch import Tensor
 
 from cvkit.ops.boxes import BoxError, box_area, check_boxes
-from cvkit.ops.iou import _box_iou_blocked, _diou, _iou_into
+from cvkit.ops.iou import CPU_BLOCK_ELEMENTS, _box_iou_blocked, _diou, _iou_into
 
-# Elements of one [rows, band] block of the sweep (1 MiB per float32 buffer).
-_BAND_BLOCK_ELEMENTS = 1 << 18
 _MAX_SWEEPS = 32
 # Relative slack on the band bound: far above float rounding of IoU (a few 1e-7 in float32).
 _BAND_MARGIN = 1e-5
@@ -105,17 +105,21 @@ def _suppression_edges(
     widest = int(bands.max())
     if widest == 0:
         return empty, empty
-    swept = torch.cat([boxes[sweep], boxes.new_zeros((widest, 4))])
+    swept = torch.cat([boxes.index_select(0, sweep), boxes.new_zeros((widest, 4))])
     coords = (*swept.t().contiguous().unbind(0), box_area(swept))
     swept_groups = None
     if groups is not None:
         swept_groups = torch.cat([groups[sweep], groups.new_full((widest,), -1 + groups.min())])
-    rows = max(16, _BAND_BLOCK_ELEMENTS // max(1, 2 * int(bands.float().mean())))
+    # Blocks of about CPU_BLOCK_ELEMENTS elements (single-threaded ops, see cvkit.ops.iou).
+    typical_rows = max(16, CPU_BLOCK_ELEMENTS // max(1, 2 * int(bands.float().mean())))
     firsts, seconds = [], []
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        band = int(bands[start:stop].max())
+    start = 0
+    while start < n:
+        rows = min(typical_rows, n - start)
+        band = int(bands[start : start + rows].max())
+        stop = start + max(1, min(rows, CPU_BLOCK_ELEMENTS // max(1, band)))
         if band == 0:
+            start = stop
             continue
         row = tuple(c[start:stop, None] for c in coords)
         window = tuple(c.unfold(0, band, 1)[start + 1 : stop + 1] for c in coords)
@@ -134,6 +138,7 @@ def _suppression_edges(
         row_idx += start
         firsts.append(sweep[row_idx])
         seconds.append(sweep[row_idx + offset + 1])
+        start = stop
     if not firsts:
         return empty, empty
     first, second = torch.cat(firsts), torch.cat(seconds)
@@ -165,6 +170,26 @@ def _resolve_greedy(n: int, source: Tensor, target: Tensor) -> Tensor:
     return torch.from_numpy(keep_np).to(source.device)
 
 
+@contextmanager
+def _calling_thread_only() -> Iterator[None]:
+    """Run torch CPU ops on the calling thread for the duration of the block.
+
+    The sweep is many small ops; split over threads, each waits at a barrier for the other
+    threads, which on a busy CPU costs milliseconds per op (measured: 10-20 ms for a 1000-box
+    ``searchsorted`` with 2 threads at load 10 on 2 cores, 7 µs on one thread). With torch's
+    OpenMP backend the thread count is a per-thread setting, restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _greedy_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -173,8 +198,20 @@ def _greedy_nms(
     criterion: str = "iou",
     eps: float = 1e-7,
 ) -> Tensor:
+    with _calling_thread_only():
+        return _greedy_nms_sweep(boxes, scores, iou_threshold, groups, criterion, eps)
+
+
+def _greedy_nms_sweep(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    groups: Tensor | None,
+    criterion: str,
+    eps: float,
+) -> Tensor:
     order = torch.sort(scores, descending=True, stable=True).indices
-    ranked = boxes[order]
+    ranked = boxes.index_select(0, order)
     ranked_groups = None if groups is None else groups[order]
     # A box with a non-finite coordinate has IoU 0 or NaN with every box (its area is inf or
     # NaN), so it neither suppresses nor is suppressed: leave it out of the sweep.
@@ -182,7 +219,7 @@ def _greedy_nms(
     all_finite = bool(finite.all())
     if not all_finite:
         finite_rank = torch.nonzero(finite).flatten()
-        ranked = ranked[finite_rank]
+        ranked = ranked.index_select(0, finite_rank)
         ranked_groups = None if groups is None else ranked_groups[finite_rank]
     source, target = _suppression_edges(
         ranked, ranked_groups, _strict_threshold(iou_threshold, boxes.dtype), criterion, eps
@@ -283,7 +320,16 @@ def diou_nms(
         _check_idxs(idxs, boxes)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _greedy_nms(boxes, scores, iou_threshold, groups=idxs, criterion="diou", eps=eps)
+    # The band sweep runs on the CPU (torchvision has no DIoU kernel to defer to on CUDA).
+    keep = _greedy_nms(
+        boxes.detach().cpu(),
+        scores.detach().cpu(),
+        iou_threshold,
+        groups=None if idxs is None else idxs.cpu(),
+        criterion="diou",
+        eps=eps,
+    )
+    return keep.to(boxes.device)
 
 
 def soft_nms(

@@ -144,13 +144,12 @@ def _greedy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, groups)
             ranked[finite], ranked_groups, _threshold(iou_threshold, boxes.dtype)
         )
     source, target = finite[source], finite[target]
+    keep = np.ones(boxes.shape[0], dtype=bool)
     by_source = np.argsort(source, kind="stable")
     source, target = source[by_source], target[by_source]
     heads, starts = np.unique(source, return_index=True)
-    keep = np.ones(boxes.shape[0], dtype=bool)
-    for head, lo, hi in zip(
-        heads.tolist(), starts.tolist(), [*starts[1:].tolist(), source.size], strict=True
-    ):
+    stops = np.append(starts[1:], source.size)[: starts.size]
+    for head, lo, hi in zip(heads.tolist(), starts.tolist(), stops.tolist(), strict=True):
         if keep[head]:
             keep[target[lo:hi]] = False
     return order[keep]

@@ -58,6 +58,13 @@ def test_nms_and_batched_nms_equal_torch(threshold):
         )
 
 
+def test_nms_edge_cases():
+    disjoint = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [5, 5, 6, 6]], np.float32)
+    scores = np.array([0.2, 0.9, 0.5], np.float32)
+    np.testing.assert_array_equal(ops_np.nms(disjoint, scores, 0.5), [1, 2, 0])
+    assert ops_np.nms(disjoint[:0], scores[:0], 0.5).shape == (0,)
+
+
 def test_multiclass_nms_equals_batched_nms_padded():
     rng = np.random.default_rng(4)
     boxes = _boxes(300, 4, extent=300)
