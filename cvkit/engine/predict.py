@@ -3,7 +3,8 @@
 The model call and the output are separate pieces. A *detector* is any callable that takes a
 list of RGB images (``uint8 [H, W, 3]``) and returns one :class:`Prediction` per image in
 original image pixels; :class:`CheckpointDetector` is the one for a ``.pt`` checkpoint (same
-pre-processing as validation: the config's ``letterbox``/``resize`` and normalization).
+pre-processing as validation: the config's ``letterbox``/``resize`` and normalization),
+:class:`OnnxDetector` the one for an exported ``.onnx`` (the torch-free runtime).
 :class:`PredictionWriter` (drawing with :func:`cvkit.data.visualize.draw_detections`) works on
 predictions from any detector.
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 from cvkit.data.records import read_image
 from cvkit.data.visualize import draw_detections
-from cvkit.errors import DatasetError, NotBuiltError
+from cvkit.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -139,6 +140,30 @@ class CheckpointDetector:
         return predictions
 
 
+class OnnxDetector:
+    """An exported ``.onnx`` detector, run by the torch-free :mod:`cvkit.runtime`, as a
+    :data:`Detector`; pre-processing and thresholds come from the file's metadata.
+
+    Args:
+        path: file written by ``cvkit export``.
+        providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
+    """
+
+    def __init__(self, path: str | Path, providers: str = "auto") -> None:
+        from cvkit.runtime import Detector as RuntimeDetector
+
+        self.runtime = RuntimeDetector(path, providers)
+        self.classes: list[str] = list(self.runtime.classes)
+        self.batch_size = self.runtime.batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Detections of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
+        return [
+            Prediction(found.boxes, found.scores, found.labels)
+            for found in self.runtime.predict(list(images))
+        ]
+
+
 def prediction_record(path: Path, prediction: Prediction, classes: Sequence[str]) -> dict[str, Any]:
     """One image's entry of ``predictions.json``."""
     return {
@@ -203,13 +228,11 @@ def run_predict(args: Any) -> int:
     from cvkit.engine.environment import configure_threads
 
     configure_threads()
-    if Path(args.weights).suffix.lower() == ".onnx":
-        raise NotBuiltError(
-            f"{args.weights}: predicting with an exported .onnx arrives with the ONNX runtime; "
-            "pass the .pt checkpoint"
-        )
     paths = list_images(args.source)
-    detector = CheckpointDetector(args.weights)
+    if Path(args.weights).suffix.lower() == ".onnx":
+        detector: CheckpointDetector | OnnxDetector = OnnxDetector(args.weights)
+    else:
+        detector = CheckpointDetector(args.weights)
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
     writer = PredictionWriter(args.out, detector.classes)
     total = 0

@@ -1,5 +1,8 @@
 """``cvkit export``: checkpoint → .onnx through the command line, served by the runtime."""
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -59,3 +62,41 @@ def test_export_command_reports_a_bad_checkpoint(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["export", "--weights", str(tmp_path / "junk.pt")]) == 2
     assert "junk.pt" in capsys.readouterr().err
+
+
+def test_predict_gives_the_same_detections_for_pt_and_onnx(tmp_path, capsys):
+    from cvkit.cli import HANDLERS
+
+    if "predict" not in HANDLERS:
+        pytest.skip("cvkit predict is not built yet")
+    config = load_config(
+        None,
+        [
+            "model.backbone=resnet18_tiny",
+            "data.image_size=64",
+            "model.ssd.extra_channels=16",
+            "eval.score_threshold=0.2",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(config, len(CLASSES)).eval()
+    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
+    weights = save_checkpoint({**checkpoint, "classes": CLASSES}, tmp_path / "ssd.pt")
+    assert main(["export", "--weights", str(weights)]) == 0
+    rng = np.random.default_rng(0)
+    for index, shape in enumerate([(64, 64, 3), (90, 50, 3)]):
+        image = rng.integers(0, 256, shape, np.uint8)
+        cv2.imwrite(str(tmp_path / f"image{index}.png"), image)
+    results = {}
+    for suffix in ("pt", "onnx"):
+        out = tmp_path / f"predict_{suffix}"
+        args = ["predict", str(tmp_path / "image0.png"), str(tmp_path / "image1.png")]
+        assert main([*args, "--weights", str(tmp_path / f"ssd.{suffix}"), "--out", str(out)]) == 0
+        results[suffix] = json.loads((out / "predictions.json").read_text())
+    capsys.readouterr()
+    for pt, onnx in zip(results["pt"], results["onnx"], strict=True):
+        assert [d["class"] for d in pt["detections"]] == [d["class"] for d in onnx["detections"]]
+        assert len(pt["detections"]) > 0
+        for a, b in zip(pt["detections"], onnx["detections"], strict=True):
+            assert abs(a["score"] - b["score"]) <= 1e-4
+            assert np.abs(np.array(a["box"]) - np.array(b["box"])).max() <= 0.02
