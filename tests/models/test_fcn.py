@@ -2,6 +2,7 @@
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,3 +163,48 @@ def test_overfitting_four_images_drives_miou_up():
     after = _miou(model.eval(), images, masks)
     assert before < 0.5
     assert after > 0.8
+
+
+def test_onnx_export_with_dynamic_batch_and_size_matches_torch(tmp_path):
+    from cvkit.config.export import ExportConfig
+    from cvkit.data.transforms import fit_to_input
+    from cvkit.export.onnx import export_model
+    from cvkit.runtime import ModelMetadata, OnnxModel, Segmenter
+
+    torch.manual_seed(0)
+    model = FCN(create_backbone("resnet18_tiny"), num_classes=3, variant="8s")
+    with torch.no_grad():  # non-trivial BatchNorm statistics and skip weights
+        model.train()(torch.randn(4, 3, 64, 64) * 2 + 0.5)
+        for score in model.skip_scores:
+            score.weight.normal_(0, 0.1)
+    model.eval()
+    metadata = ModelMetadata(task="segment", classes=("bg", "disc", "bar"), input_size=(64, 64))
+    path = tmp_path / "fcn.onnx"
+    export_model(model, path, metadata, ExportConfig(dynamic=True))
+    session = OnnxModel(path, "cpu")
+    for batch, height, width in [(1, 64, 64), (3, 45, 77)]:
+        images = torch.randn(batch, 3, height, width)
+        with torch.no_grad():
+            expected = model(images).numpy()
+        got = session.run(images.numpy())["logits"]
+        assert got.shape == (batch, 3, height, width)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
+
+    # The runtime's masks at the original size equal the torch pipeline's: letterbox, model,
+    # crop the padding, bilinear resize of the logits, arg-max.
+    rng = np.random.default_rng(0)
+    originals = [rng.integers(0, 256, size, dtype=np.uint8) for size in [(70, 120, 3), (90, 90, 3)]]
+    results = Segmenter(path, providers="cpu").predict(originals)
+    mean, std = np.array(metadata.mean) * 255, np.array(metadata.std) * 255
+    for original, result in zip(originals, results, strict=True):
+        fitted, (sx, sy) = fit_to_input(original, 64, "letterbox")
+        tensor = torch.from_numpy(((fitted - mean) / std).astype(np.float32)).permute(2, 0, 1)
+        with torch.no_grad():
+            logits = model(tensor[None])
+        height, width = original.shape[:2]
+        valid = logits[:, :, : round(height * sy), : round(width * sx)]
+        resized = F.interpolate(valid, size=(height, width), mode="bilinear", align_corners=False)
+        expected_mask = resized[0].argmax(0).numpy()
+        assert result.mask.shape == (height, width)
+        assert (result.mask == expected_mask).mean() > 0.999

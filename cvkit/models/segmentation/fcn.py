@@ -28,6 +28,7 @@ from cvkit.config import Config
 from cvkit.errors import ConfigError
 from cvkit.models.backbones import Backbone, create_backbone
 from cvkit.models.build import register_model
+from cvkit.models.transfer import body_head_groups
 
 Variant = Literal["32s", "16s", "8s"]
 SKIP_STRIDES: dict[str, tuple[int, ...]] = {"32s": (), "16s": (16,), "8s": (16, 8)}
@@ -182,14 +183,7 @@ class FCN(nn.Module):
         Used by :func:`cvkit.engine.optim.build_optimizer`: each group trains at
         ``train.lr * lr_mult``.
         """
-        body = [p for p in self.backbone.parameters() if p.requires_grad]
-        body_ids = {id(p) for p in self.backbone.parameters()}
-        head = [p for p in self.parameters() if p.requires_grad and id(p) not in body_ids]
-        groups = [
-            {"name": "body", "params": body, "lr_mult": self.body_lr_mult},
-            {"name": "head", "params": head, "lr_mult": self.head_lr_mult},
-        ]
-        return [group for group in groups if group["params"]]
+        return body_head_groups(self, self.body_lr_mult, self.head_lr_mult)
 
 
 @register_model("fcn")
