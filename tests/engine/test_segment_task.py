@@ -87,3 +87,19 @@ def test_evaluate_on_an_empty_split_is_an_error():
     task = SegmentTask(load_config(None, ["task=segment"]))
     with pytest.raises(DatasetError, match="empty"):
         task.evaluate(_OneHot(), _Loader(), torch.device("cpu"))
+
+
+def test_pretrained_file_initializes_the_backbone(tmp_path):
+    from cvkit.models.backbones import create_backbone
+
+    torch.manual_seed(3)
+    source = create_backbone("resnet18_tiny")
+    path = tmp_path / "resnet18_tiny.pth"
+    torch.save(source.state_dict(), path)
+    overrides = ["task=segment", "model.name=fcn", "model.backbone=resnet18_tiny"]
+    task = SegmentTask(load_config(None, [*overrides, f"model.pretrained={path}"]))
+    model = task.build_model(4)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    fresh = SegmentTask(load_config(None, overrides)).build_model(4)
+    assert not torch.equal(fresh.backbone.conv1.weight, source.conv1.weight)

@@ -4,6 +4,7 @@ A segmenter maps ``images [B, 3, H, W]`` to logits ``[B, C, H, W]`` and knows no
 losses; this task stacks each target's ``semantic`` mask (``int64 [H, W]``, 255 = ignore) into
 ``[B, H, W]``, scores the logits with cross-entropy that skips ignored pixels, and validates
 with the confusion-matrix metrics of :mod:`cvkit.eval.segmentation` (``best.pt`` follows mIoU).
+``model.pretrained`` initializes the segmenter's backbone.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ class SegmentTask(Task):
     """Semantic segmentation with any model that returns ``logits [B, C, H, W]``."""
 
     best_metric = "mIoU"
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The configured segmenter; ``model.pretrained`` initializes its ``backbone``.
+
+        The weights file is a torchvision classifier ``.pth`` or a cvkit checkpoint; only its
+        backbone part is loaded (strictly: every key, equal shapes).
+
+        Raises:
+            CheckpointError: the file is unreadable or its backbone does not fit.
+        """
+        model = super().build_model(num_classes)
+        if self.config.model.pretrained is not None:
+            from cvkit.models.backbones.weights import load_backbone_weights
+
+            load_backbone_weights(model.backbone, self.config.model.pretrained)
+        return model
 
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """``{"ce": cross-entropy}`` of ``model(images)`` against the stacked semantic masks."""
