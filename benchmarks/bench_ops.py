@@ -8,7 +8,7 @@ asserts that cvkit's output equals torchvision's, then times both, alternating t
 load from other processes hits both alike, and reports the median of the repeats. Writes
 ``benchmarks/results/ops.md``.
 
-    python benchmarks/bench_ops.py [--repeats 15] [--scale 1.0] [--out PATH]
+    python benchmarks/bench_ops.py [--repeats 15] [--min-seconds 2] [--scale 1.0] [--out PATH]
 """
 
 from __future__ import annotations
@@ -139,39 +139,51 @@ def _time(fn: Callable[[], object], device: str) -> float:
     return time.perf_counter() - start
 
 
-def measure(case: Case, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``(ours, theirs)`` after checking both give the same output."""
+def measure(case: Case, repeats: int, min_seconds: float) -> tuple[float, float, int]:
+    """Median seconds of ``(ours, theirs)`` and the number of repeats.
+
+    Checks first that both give the same output. Repeats at least ``repeats`` times and until
+    ``min_seconds`` have passed, so fast cases are sampled over a long enough window for a
+    burst of load from other processes not to decide the median.
+    """
     if not _same(case.ours(), case.theirs()):
         raise AssertionError(f"{case.name} {case.size}: cvkit and torchvision outputs differ")
     ours, theirs = [], []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    while len(ours) < repeats or time.perf_counter() - start < min_seconds:
         ours.append(_time(case.ours, case.device))
         theirs.append(_time(case.theirs, case.device))
-    return statistics.median(ours), statistics.median(theirs)
+    return statistics.median(ours), statistics.median(theirs), len(ours)
 
 
-def render(rows: list[tuple[Case, float, float]], repeats: int) -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def render(rows: list[tuple[Case, float, float, int]], load_before: float) -> str:
     lines = [
         "# cvkit.ops vs torchvision.ops",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/bench_ops.py`: "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy "
-        f"{np.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads, load average {load:.1f} at the end.",
-        f"Median of {repeats} alternating repeats; each case first asserts identical outputs.",
-        "Boxes: corners uniform in [0, 1000]², sides uniform in [1, 101] px; distinct scores; "
-        "NMS IoU threshold 0.5. Speed-up = torchvision time / cvkit time.",
+        f"{np.__version__}, {platform.processor() or platform.machine()} with "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads; 1-minute load "
+        f"average {load_before:.1f} before and {_load():.1f} after (other processes share "
+        "the CPU).",
+        "Medians of alternating repeats (cvkit, torchvision, cvkit, ...); each case first "
+        "asserts identical outputs. Boxes: corners uniform in [0, 1000]², sides uniform in "
+        "[1, 101] px; distinct scores; NMS IoU threshold 0.5. "
+        "Speed-up = torchvision time / cvkit time.",
         "",
-        "| op | device | size | torchvision ms | cvkit ms | speed-up | target | met |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| op | device | size | torchvision ms | cvkit ms | speed-up | target | met | repeats |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
-    for case, ours, theirs in rows:
+    for case, ours, theirs, repeats in rows:
         speedup = theirs / ours
         met = "yes" if speedup >= case.target else "no"
         lines.append(
             f"| {case.name} | {case.device} | {case.size} | {theirs * 1e3:.2f} | "
-            f"{ours * 1e3:.2f} | {speedup:.2f}x | ≥ {case.target:g}x | {met} |"
+            f"{ours * 1e3:.2f} | {speedup:.2f}x | ≥ {case.target:g}x | {met} | {repeats} |"
         )
     lines += [
         "",
@@ -185,19 +197,21 @@ def render(rows: list[tuple[Case, float, float]], repeats: int) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="at least this many per case")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink sizes (smoke tests)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ops.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    load_before = _load()
     rows = []
     for device in devices:
         for case in build_cases(args.scale, device):
-            ours, theirs = measure(case, args.repeats)
-            rows.append((case, ours, theirs))
+            ours, theirs, repeats = measure(case, args.repeats, args.min_seconds)
+            rows.append((case, ours, theirs, repeats))
             print(f"{case.name:22s} {device:4s} {case.size:26s} x{theirs / ours:5.2f}", flush=True)
-    report = render(rows, args.repeats)
+    report = render(rows, load_before)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report, encoding="utf-8")
     return report

@@ -13,7 +13,9 @@ def test_bench_ops_smoke(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bench_ops", bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     out = tmp_path / "ops.md"
-    report = bench.main(["--repeats", "1", "--scale", "0.01", "--out", str(out)])
+    report = bench.main(
+        ["--repeats", "1", "--min-seconds", "0", "--scale", "0.01", "--out", str(out)]
+    )
     assert out.read_text() == report
     rows = [line for line in report.splitlines() if line.startswith("| ") and "cpu" in line]
     names = {row.split("|")[1].strip() for row in rows}
