@@ -198,8 +198,11 @@ def _greedy_nms(
     criterion: str = "iou",
     eps: float = 1e-7,
 ) -> Tensor:
+    # Selection is not differentiable: work on detached tensors (boxes may come from a model).
     with _calling_thread_only():
-        return _greedy_nms_sweep(boxes, scores, iou_threshold, groups, criterion, eps)
+        return _greedy_nms_sweep(
+            boxes.detach(), scores.detach(), iou_threshold, groups, criterion, eps
+        )
 
 
 def _greedy_nms_sweep(
@@ -313,7 +316,8 @@ def diou_nms(
         eps: as in :func:`cvkit.ops.iou.distance_box_iou`.
 
     Returns:
-        Tensor[K] int64: kept indices by decreasing score (ties in input order).
+        Tensor[K] int64: kept indices by decreasing score (ties in input order), on the device
+        of ``boxes``. The suppression itself runs on the CPU (CUDA inputs are copied there).
     """
     _check_nms_inputs(boxes, scores, iou_threshold)
     if idxs is not None:
@@ -365,7 +369,7 @@ def soft_nms(
         raise BoxError(f"soft_nms method must be 'gaussian' or 'linear', got {method!r}")
     if not sigma > 0:
         raise BoxError(f"soft_nms sigma must be > 0, got {sigma}")
-    current = scores.clone()
+    boxes, current = boxes.detach(), scores.detach().clone()
     alive = current >= score_threshold
     # The full IoU matrix when it is small, one row per step otherwise.
     ious = _box_iou_blocked(boxes, boxes) if boxes.shape[0] <= _SOFT_NMS_MATRIX_SIDE else None
@@ -390,7 +394,7 @@ def soft_nms(
         alive &= current >= score_threshold
         candidates = current.masked_fill(~alive, -math.inf)
     keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
-    scores_t = torch.stack(kept_scores) if kept_scores else scores.new_empty(0)
+    scores_t = torch.stack(kept_scores) if kept_scores else current.new_empty(0)
     return keep_t, scores_t
 
 

@@ -84,6 +84,20 @@ def test_nms_threshold_is_compared_like_torchvision():
     assert cv.nms(boxes, scores, 0.6).tolist() == [0]
 
 
+def test_nms_accepts_boxes_that_require_grad(make_boxes):
+    boxes = make_boxes(200, seed=13).requires_grad_()
+    scores = _scores(200, 13).requires_grad_()
+    idxs = torch.arange(200) % 3
+    expected = torchvision.ops.nms(boxes, scores, 0.5)
+    assert torch.equal(cv.nms(boxes, scores, 0.5), expected)
+    assert torch.equal(
+        cv.batched_nms(boxes, scores, idxs, 0.5),
+        torchvision.ops.batched_nms(boxes, scores, idxs, 0.5),
+    )
+    keep, updated = cv.soft_nms(boxes, scores)
+    assert not updated.requires_grad and len(keep) > 0
+
+
 def test_long_suppression_chain_takes_the_exact_fallback():
     # Boxes shifted by a third of their width overlap only their neighbours (IoU 0.5): each
     # decision depends on the previous one, longer than the vectorized fixed point runs.
