@@ -218,7 +218,10 @@ def export_model(
     batch_size: int = 1,
     check: bool = True,
 ) -> ExportResult:
-    """Export ``model`` to ``path`` as ONNX with ``metadata``, then check parity.
+    """Export ``model`` to ``path`` as ONNX with ``metadata`` and check parity with torch.
+
+    The file is written next to ``path`` and renamed to it only once the check has passed, so
+    a failed export leaves no file that looks usable.
 
     Args:
         model: a cvkit detector (with ``candidates``), classifier or segmenter.
@@ -244,52 +247,76 @@ def export_model(
         cvkit_version=__version__,
     )
     graph = build_graph(model, metadata, options)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_onnx(graph, tmp, metadata, options, batch_size)
+        differences = _verify(model, tmp, path, metadata, options, batch_size) if check else {}
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("exported %s (%s) to %s", type(model).__name__, metadata.task, path)
+    return ExportResult(path, metadata, differences)
+
+
+def _write_onnx(
+    graph: nn.Module,
+    path: Path,
+    metadata: ModelMetadata,
+    options: ExportConfig,
+    batch_size: int,
+) -> None:
+    """Trace ``graph`` to ``path``, simplify it if asked, and stamp the metadata."""
     height, width = metadata.input_size
     example = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
-    names = _output_names(metadata)
-    tmp = path.with_name(path.name + ".tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
                 (example,),
-                str(tmp),
+                str(path),
                 dynamo=False,
                 opset_version=options.opset,
                 input_names=[INPUT_NAME],
-                output_names=list(names),
+                output_names=list(_output_names(metadata)),
                 dynamic_axes=_dynamic_axes(metadata) if options.dynamic else None,
             )
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(str(path))
         if options.simplify:
             proto = _simplify(proto)
         del proto.metadata_props[:]
         onnx.helper.set_model_props(proto, metadata.to_props())
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
+        onnx.save(proto, str(path))
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"{path}: ONNX export of {type(model).__name__} failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    differences: dict[str, float] = {}
+        name = type(graph.model).__name__
+        raise ExportError(f"{path}: ONNX export of {name} failed: {exc}") from exc
+
+
+def _verify(
+    model: nn.Module,
+    written: Path,
+    path: Path,
+    metadata: ModelMetadata,
+    options: ExportConfig,
+    batch_size: int,
+) -> dict[str, float]:
+    """Parity of the file ``written`` (to become ``path``) with the float32 torch model.
+
+    A dynamic file is checked at another batch size than it was traced with.
+    """
     check_batch = batch_size + 1 if options.dynamic else batch_size
-    if check and options.half and metadata.nms_in_graph:
+    if options.half and metadata.nms_in_graph:
         # NMS on float16 scores may keep another box at a near-tie, so the float16 network is
         # checked through its raw candidates (the NMS part is float32 in both graphs).
         raw = options.model_copy(update={"nms": False, "simplify": False})
         with tempfile.TemporaryDirectory() as folder:
-            differences = export_model(
+            return export_model(
                 model, Path(folder) / "raw.onnx", metadata, raw, check_batch
             ).differences
-    elif check:
-        float_options = options.model_copy(update={"half": False})
-        reference = build_graph(model, metadata, float_options)
-        differences = check_parity(reference, path, metadata, options, check_batch)
-    logger.info("exported %s (%s) to %s", type(model).__name__, metadata.task, path)
-    return ExportResult(path, metadata, differences)
+    reference = build_graph(model, metadata, options.model_copy(update={"half": False}))
+    return check_parity(reference, written, metadata, options, check_batch, name=str(path))
 
 
 def check_parity(
@@ -298,6 +325,7 @@ def check_parity(
     metadata: ModelMetadata,
     options: ExportConfig,
     batch_size: int,
+    name: str | None = None,
 ) -> dict[str, float]:
     """Run seeded random inputs through ``graph`` (torch, float32) and ``path`` (onnxruntime,
     CPU).
@@ -307,12 +335,15 @@ def check_parity(
     within ``logit_tolerance * (1 + |logit|)``. Float16 exports are held to at least 1e-2
     (boxes relative to the input size, scores) and 2e-2 (logits).
 
+    ``name`` is how messages call the file (default: ``path``).
+
     Returns:
         The largest difference per output (boxes relative to the input size).
 
     Raises:
         ExportError: an output disagrees; the message gives the largest difference.
     """
+    label = name or str(path)
     height, width = metadata.input_size
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(batch_size, 3, height, width, generator=generator)
@@ -329,7 +360,7 @@ def check_parity(
     if metadata.task != "detect":
         scale = 1.0 + np.abs(expected[0])
         diff = float((np.abs(got[0] - expected[0]) / scale).max())
-        _fail_if(diff > logit_tolerance, path, "logits", diff)
+        _fail_if(diff > logit_tolerance, label, "logits", diff)
         return {"logits": diff}
     size = float(max(height, width))
     if not metadata.nms_in_graph:
@@ -340,16 +371,16 @@ def check_parity(
         boxes, scores, labels, count = got
         if not np.array_equal(count, exp_count):
             raise ExportError(
-                f"{path}: parity check failed: num_dets {count.tolist()} (onnxruntime) != "
+                f"{label}: parity check failed: num_dets {count.tolist()} (onnxruntime) != "
                 f"{exp_count.tolist()} (torch)"
             )
         valid = np.arange(boxes.shape[1])[None, :] < count[:, None]
         if not np.array_equal(labels[valid], exp_labels[valid]):
-            raise ExportError(f"{path}: parity check failed: labels differ from torch")
+            raise ExportError(f"{label}: parity check failed: labels differ from torch")
         box_diff = float(np.abs(boxes[valid] - exp_boxes[valid]).max(initial=0.0)) / size
         score_diff = float(np.abs(scores[valid] - exp_scores[valid]).max(initial=0.0))
-    _fail_if(box_diff > box_tolerance, path, "boxes (relative)", box_diff)
-    _fail_if(score_diff > score_tolerance, path, "scores", score_diff)
+    _fail_if(box_diff > box_tolerance, label, "boxes (relative)", box_diff)
+    _fail_if(score_diff > score_tolerance, label, "scores", score_diff)
     logger.info("parity: boxes %.2e (relative), scores %.2e", box_diff, score_diff)
     return {"boxes": box_diff, "scores": score_diff}
 
@@ -358,8 +389,8 @@ def _tuple(outputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
-def _fail_if(failed: bool, path: Path | str, name: str, diff: float) -> None:
+def _fail_if(failed: bool, label: str, name: str, diff: float) -> None:
     if failed:
         raise ExportError(
-            f"{path}: parity check failed: {name} differ from torch by up to {diff:.3g}"
+            f"{label}: parity check failed: {name} differ from torch by up to {diff:.3g}"
         )

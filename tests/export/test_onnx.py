@@ -203,6 +203,7 @@ def test_parity_failure_fails_the_export_with_the_difference(tmp_path):
     meta = ModelMetadata(task="classify", classes=("r", "g", "b"), input_size=(8, 8))
     with pytest.raises(ExportError, match=r"parity check failed: logits differ .* up to \d"):
         export_model(_TracesDifferently(), tmp_path / "bad.onnx", meta)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_detector_without_candidates_is_refused(toy_classifier, tmp_path):
