@@ -11,8 +11,11 @@ IoU of :mod:`cvkit.ops.iou`), giving the few pairs that overlap above the thresh
 ``keep[j] = no kept i with an edge i → j``; iterating that rule from "all kept" settles in a
 handful of vectorized steps for real detections, and after :data:`_MAX_SWEEPS` steps (long
 chains of boxes that each overlap only the next) the remaining work is done exactly by one
-pass over the edges in score order. The result equals ``torchvision.ops.nms`` index for index.
-On CUDA and while tracing for ONNX, torchvision's kernels are used directly.
+pass over the edges in score order. The band of a box ends where the x-overlap can no longer
+exceed ``threshold * width``, so higher thresholds compare fewer pairs. The sweep's ops are
+small and run on the calling thread (see :func:`_calling_thread_only`). The result equals
+``torchvision.ops.nms`` index for index. On CUDA, in half precision and while tracing for
+ONNX, torchvision's kernels are used directly.
 """
 
 from __future__ import annotations
