@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +50,7 @@ def progress(
     total: int | None = None,
     desc: str = "",
     lines: int = 4,
+    status: Callable[[], str] | None = None,
 ) -> Iterator[T]:
     """Iterate with a progress report.
 
@@ -61,13 +62,19 @@ def progress(
         total: number of items, when ``len(iterable)`` is not available.
         desc: label shown before the counts.
         lines: how many intermediate lines to log when not on a TTY.
+        status: called after each processed item; its text (e.g. ``loss 0.52 lr 0.01``) is
+            shown after the counts.
     """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        yield from tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
+        bar = tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
+        for item in bar:
+            yield item
+            if status is not None:
+                bar.set_postfix_str(status(), refresh=False)
         return
     logger = get_logger("progress")
     every = max(1, (total or 0) // max(lines, 1)) if total else 0
@@ -76,13 +83,19 @@ def progress(
     for count, item in enumerate(iterable, 1):
         yield item
         if every and count % every == 0 and count != total:
-            _log_line(logger, desc, count, total, start)
-    _log_line(logger, desc, count, total, start)
+            _log_line(logger, desc, count, total, start, status)
+    _log_line(logger, desc, count, total, start, status)
 
 
 def _log_line(
-    logger: logging.Logger, desc: str, count: int, total: int | None, start: float
+    logger: logging.Logger,
+    desc: str,
+    count: int,
+    total: int | None,
+    start: float,
+    status: Callable[[], str] | None,
 ) -> None:
     rate = count / max(time.perf_counter() - start, 1e-9)
     share = f"{100 * count // total:3d}% " if total else ""
-    logger.info("%s %s%d/%s %.1f it/s", desc, share, count, total or "?", rate)
+    extra = f" {status()}" if status is not None else ""
+    logger.info("%s %s%d/%s %.1f it/s%s", desc, share, count, total or "?", rate, extra)

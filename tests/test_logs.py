@@ -29,3 +29,20 @@ def test_progress_yields_everything_and_logs_plain_lines():
     assert len(handler.messages) == 4
     assert handler.messages[0].startswith("epoch 1  25% 10/40")
     assert handler.messages[-1].startswith("epoch 1 100% 40/40")
+
+
+def test_progress_lines_carry_the_status_text():
+    logger = get_logger("progress")
+    handler = ListHandler()
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    seen = []
+    try:
+        for item in progress(range(8), desc="e", lines=2, status=lambda: f"loss {len(seen)}"):
+            seen.append(item)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    assert handler.messages[0].startswith("e  50% 4/8") and handler.messages[0].endswith("loss 4")
+    assert handler.messages[-1].endswith("loss 8")

@@ -213,9 +213,17 @@ class Trainer:
         images = 0
         batches = len(loader)
         start = time.perf_counter()
+        done = 0
+
+        def status() -> str:
+            rate = images * distributed_world_size() / max(time.perf_counter() - start, 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            return f"loss {sums.get('loss', 0.0) / max(done, 1):.4f} lr {lr:.3g} {rate:.1f} img/s"
+
         iterator: Iterable[Any] = loader
         if self.is_main:
-            iterator = progress(loader, total=batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            desc = f"epoch {epoch + 1}/{cfg.epochs}"
+            iterator = progress(loader, total=batches, desc=desc, status=status)
         for index, batch in enumerate(iterator):
             batch = self.task.to_device(batch, self.device)
             images += self.task.batch_size(batch)
@@ -235,6 +243,7 @@ class Trainer:
                 self._optimizer_step()
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
+            done += 1
         elapsed = max(time.perf_counter() - start, 1e-9)
         row = {f"train/{key}": value / max(batches, 1) for key, value in sums.items()}
         row["lr"] = self.optimizer.param_groups[0]["lr"]
