@@ -229,6 +229,11 @@ def run_predict(args: Any) -> int:
 
     configure_threads()
     paths = list_images(args.source)
+    from cvkit.engine.predict_segment import predict_segments, weights_task
+
+    if weights_task(args.weights) == "segment":
+        predict_segments(paths, args.weights, args.out)
+        return 0
     if Path(args.weights).suffix.lower() == ".onnx":
         detector: CheckpointDetector | OnnxDetector = OnnxDetector(args.weights)
     else:

@@ -1,0 +1,167 @@
+"""``cvkit predict`` for segmenters: class masks at the original size, drawn as colour overlays.
+
+A *segmenter* here is any callable that takes a list of RGB images (``uint8 [H, W, 3]``) and
+returns one ``int64 [H, W]`` class mask per image at that image's own size.
+:class:`CheckpointSegmenter` runs a ``.pt`` checkpoint through the validation pre-processing
+(``letterbox``/``resize`` to ``data.image_size``, normalization); :class:`OnnxSegmenter` runs an
+exported ``.onnx`` through the torch-free runtime. Both map logits back the same way: crop the
+letterbox padding, resize the logits bilinearly to the original size, take the arg-max.
+
+:class:`MaskWriter` writes, per image, ``<stem>.png`` (the image with every non-background class
+blended in its colour), ``<stem>_mask.png`` (class indices, 8-bit) and one ``predictions.json``
+with the pixel fraction of each class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvkit.data.visualize import COLOURS
+from cvkit.engine.predict import CheckpointDetector, PredictionWriter
+
+Segmenter = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+OVERLAY_ALPHA = 0.5
+
+
+def weights_task(path: str | Path) -> str:
+    """The task (``detect``, ``segment`` ...) a ``.pt`` checkpoint or ``.onnx`` file was made for.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. ModelFileError: unreadable ONNX file.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from cvkit.runtime import OnnxModel
+
+        return OnnxModel(path, "cpu").metadata.task
+    from cvkit.engine.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(path)["config"]["task"])
+
+
+class CheckpointSegmenter(CheckpointDetector):
+    """A trained cvkit segmenter (``.pt`` checkpoint) as a :data:`Segmenter`.
+
+    Loading and batching are :class:`~cvkit.engine.predict.CheckpointDetector`'s; calling it
+    returns one class mask ``int64 [H, W]`` per RGB image ``uint8 [H, W, 3]``, at its size.
+
+    Args:
+        weights: checkpoint written by ``cvkit train``; the model is rebuilt from it alone.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: images per forward pass.
+    """
+
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        samples, scales = [], []
+        for image in images:
+            fitted = self.transform(image, no_boxes, no_labels)
+            pixels = torch.from_numpy(np.ascontiguousarray(fitted.image.transpose(2, 0, 1)))
+            samples.append((pixels, {}))
+            scales.append(fitted.scale)
+        batch, _ = self.collate(samples)
+        with torch.no_grad():
+            logits = self.model(batch.to(self.device)).float()
+        masks = []
+        for scores, image, (sx, sy) in zip(logits, images, scales, strict=True):
+            height, width = image.shape[:2]
+            valid = scores[:, : round(height * sy), : round(width * sx)]
+            resized = torch.nn.functional.interpolate(
+                valid[None], size=(height, width), mode="bilinear", align_corners=False
+            )
+            masks.append(resized[0].argmax(0).cpu().numpy().astype(np.int64))
+        return masks
+
+
+class OnnxSegmenter:
+    """An exported ``.onnx`` segmenter, run by the torch-free :mod:`cvkit.runtime`.
+
+    Args:
+        path: file written by ``cvkit export``.
+        providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
+    """
+
+    def __init__(self, path: str | Path, providers: str = "auto") -> None:
+        from cvkit.runtime import Segmenter as RuntimeSegmenter
+
+        self.runtime = RuntimeSegmenter(path, providers)
+        self.classes: list[str] = list(self.runtime.classes)
+        self.batch_size = self.runtime.batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Class masks ``int64 [H, W]`` of each RGB image ``uint8 [H, W, 3]``, at its size."""
+        return [found.mask for found in self.runtime.predict(list(images))]
+
+
+def class_colour(label: int) -> np.ndarray:
+    """RGB ``uint8 [3]`` of class ``label``; class 0 (background) is black and never drawn."""
+    if label == 0:
+        return np.zeros(3, np.uint8)
+    return COLOURS[(label - 1) % len(COLOURS)]
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """``image`` (``uint8 [H, W, 3]`` RGB) with every pixel of class ``c > 0`` blended with
+    :func:`class_colour` ``(c)`` at ``alpha``; background pixels stay as they are."""
+    palette = np.stack([class_colour(label) for label in range(int(mask.max()) + 1)])
+    coloured = palette[mask].astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * coloured
+    return np.where((mask > 0)[..., None], blended, image).round().astype(np.uint8)
+
+
+class MaskWriter(PredictionWriter):
+    """Writes the overlay, the raw mask and ``predictions.json`` of every predicted image.
+
+    The JSON is a list with one entry per image: ``{"image": path, "overlay": png, "mask": png,
+    "classes": {name: pixel fraction}}`` for the classes present.
+
+    Args:
+        out: output folder (created).
+        classes: class names, indexed by mask value (``classes[0]`` is the background).
+    """
+
+    def add(self, path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
+        """Write one image's overlay and mask PNGs and record it; returns the overlay's path."""
+        name = path.stem
+        while name in self._names:  # the same stem in two folders: keep both
+            name += "_"
+        self._names.add(name)
+        overlay = self.out / f"{name}.png"
+        raw = self.out / f"{name}_mask.png"
+        cv2.imwrite(str(overlay), cv2.cvtColor(overlay_mask(image, mask), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(raw), mask.astype(np.uint8))
+        labels, counts = np.unique(mask, return_counts=True)
+        fractions = {
+            self.classes[label]: round(count / mask.size, 5)
+            for label, count in zip(labels.tolist(), counts.tolist(), strict=True)
+        }
+        self.records.append(
+            {"image": str(path), "overlay": str(overlay), "mask": str(raw), "classes": fractions}
+        )
+        return overlay
+
+
+def predict_segments(paths: Sequence[Path], weights: str | Path, out: str | Path) -> Path:
+    """Segment ``paths`` with ``weights`` (``.pt`` or ``.onnx``) and write them to ``out``.
+
+    Returns the ``predictions.json`` path.
+    """
+    from cvkit.data.records import read_image
+
+    if Path(weights).suffix.lower() == ".onnx":
+        segmenter: CheckpointSegmenter | OnnxSegmenter = OnnxSegmenter(weights)
+    else:
+        segmenter = CheckpointSegmenter(weights)
+    writer = MaskWriter(out, segmenter.classes)
+    for start in range(0, len(paths), segmenter.batch_size):
+        chunk = paths[start : start + segmenter.batch_size]
+        images = [read_image(path) for path in chunk]
+        for path, image, mask in zip(chunk, images, segmenter(images), strict=True):
+            writer.add(path, image, mask)
+    json_path = writer.finish()
+    print(f"{len(paths)} images segmented; overlays, masks and JSON in {json_path.parent}")
+    return json_path
