@@ -316,7 +316,18 @@ def _verify(
                 model, Path(folder) / "raw.onnx", metadata, raw, check_batch
             ).differences
     reference = build_graph(model, metadata, options.model_copy(update={"half": False}))
-    return check_parity(reference, written, metadata, options, check_batch, name=str(path))
+    try:
+        return check_parity(reference, written, metadata, options, check_batch, name=str(path))
+    except ExportError as exc:
+        if not options.simplify:
+            raise
+        plain = options.model_copy(update={"simplify": False})
+        with tempfile.TemporaryDirectory() as folder:
+            export_model(model, Path(folder) / "plain.onnx", metadata, plain, batch_size)
+        raise ExportError(
+            f"{exc}; the graph before --simplify matches torch, so onnxslim changed the "
+            "results: export without --simplify"
+        ) from None
 
 
 def check_parity(

@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -217,6 +218,21 @@ def test_simplify_with_onnxslim(toy_classifier, tmp_path):
     result = export_model(toy_classifier, path, CLASSIFY_META, ExportConfig(simplify=True))
     assert OnnxModel(path, "cpu").metadata.classes == CLASSIFY_META.classes
     assert result.differences["logits"] < 1e-5
+
+
+def test_simplify_that_changes_results_is_blamed_on_onnxslim(toy_classifier, tmp_path, monkeypatch):
+    def corrupting_simplify(proto):
+        weights = proto.graph.initializer[0]
+        values = onnx.numpy_helper.to_array(weights) * 2
+        weights.CopyFrom(onnx.numpy_helper.from_array(values, weights.name))
+        return proto
+
+    monkeypatch.setattr("cvkit.export.onnx._simplify", corrupting_simplify)
+    with pytest.raises(ExportError, match="before --simplify matches torch"):
+        export_model(
+            toy_classifier, tmp_path / "s.onnx", CLASSIFY_META, ExportConfig(simplify=True)
+        )
+    assert not (tmp_path / "s.onnx").exists()
 
 
 _BLOCK_TORCH = """
