@@ -135,12 +135,6 @@ class Collate:
         return images, [target for _, target in batch]
 
 
-def _init_worker(worker_id: int) -> None:
-    """Keep each loader worker to one thread: workers run in parallel already."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) -> RecordsDataset:
     """The ``train`` or ``val`` split named by ``data_cfg``, checked and ready for ``task``.
 
@@ -199,6 +193,11 @@ def build_loader(
         else None
     )
     workers = data_cfg.workers
+    if workers > 0:
+        # OpenCV's thread pool does not survive fork(): a worker whose first cv2 call touches
+        # the pool inherited mid-use can hang. Serial OpenCV (as detectron2 and mmcv set it) is
+        # fork-safe, and the workers are the parallelism (PyTorch gives each one torch thread).
+        cv2.setNumThreads(0)
     pin = data_cfg.pin_memory if data_cfg.pin_memory is not None else torch.cuda.is_available()
     return DataLoader(
         dataset,
@@ -210,6 +209,5 @@ def build_loader(
         pin_memory=pin,
         drop_last=train and len(dataset) > data_cfg.batch_size,
         persistent_workers=data_cfg.persistent_workers and workers > 0,
-        worker_init_fn=_init_worker if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
