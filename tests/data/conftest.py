@@ -22,9 +22,13 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
-    """pycocotools' Cython decode trips a numpy 2 deprecation warning; it is not ours."""
+    """Third-party deprecations that are not ours: pycocotools' Cython decode under numpy 2,
+    and torchvision.io's decoders (used by the benchmark's torchvision pipeline)."""
     for item in items:
         if "tests/data/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(
                 pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+            )
+            item.add_marker(
+                pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
             )
