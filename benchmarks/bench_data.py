@@ -22,6 +22,7 @@ Writes ``benchmarks/results/data.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -130,13 +131,15 @@ def run(
             timings["cvkit"].append(images_per_second(ours_loader))
             timings["torchvision"].append(images_per_second(theirs_loader))
     medians = {name: statistics.median(values) for name, values in timings.items()}
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     ratio = medians["cvkit"] / medians["torchvision"]
     verdict = "meets" if ratio >= TARGET else "misses"
     report = f"""# Data pipeline: cvkit detection preset vs torchvision.transforms.v2
 
 {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}, \
 torch {torch.__version__}, torchvision {torchvision.__version__}, \
-albumentations {albumentations.__version__}
+albumentations {albumentations.__version__}, {os.cpu_count()} CPUs (load average at the end: \
+{load})
 
 Load (JPEG decode) + augment + letterbox to {size}×{size} + collate/normalize, {num_images} \
 synthetic 160×160 JPEGs, batch {batch}, {workers} workers (1 thread each), {repeats} passes \

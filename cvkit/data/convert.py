@@ -34,12 +34,20 @@ def convert(
     result (the JSON, the data YAML or the VOC folder).
 
     Raises:
-        DatasetError: unknown target format or an unreadable source.
+        DatasetError: unknown target format, an unreadable source, or labels outside the
+            class list (they have no name or id to write).
     """
     if to not in FORMATS:
         raise DatasetError(f"--to {to!r}: choose one of {FORMATS}")
     split = infer_split(source, split)
     records = load_records(source, images, split)
+    for sample in records.samples:
+        unknown = sample.labels[(sample.labels < 0) | (sample.labels >= len(records.classes))]
+        if len(unknown):
+            raise DatasetError(
+                f"{sample.path or sample.file_name}: labels {sorted(set(unknown.tolist()))} are "
+                f"outside the {len(records.classes)} classes; run `cvkit data check {source}`"
+            )
     out_dir = Path(out_dir)
     if to == "coco":
         from cvkit.data.formats.coco import write_coco

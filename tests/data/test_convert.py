@@ -64,3 +64,19 @@ def test_cli_convert_and_synth(tmp_path, capsys):
     missing = ["data", "convert", str(tmp_path / "nothing.txt"), "--to", "voc"]
     assert main([*missing, "--out", str(tmp_path / "v")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    import cv2
+    import yaml
+
+    from cvkit.errors import DatasetError
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "images" / "train" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "labels" / "train" / "a.txt").write_text("5 0.5 0.5 0.5 0.5\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"train": "images/train", "names": ["x"]}))
+    with pytest.raises(DatasetError, match=r"a.png: labels \[5\] are outside the 1 classes"):
+        convert(data, "coco", tmp_path / "out")
