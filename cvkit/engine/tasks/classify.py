@@ -1,0 +1,146 @@
+"""The image-classification task: cross-entropy training, top-1 / per-class accuracy validation.
+
+Data (``data:`` section): a split without ``path`` is the built-in synthetic shapes dataset
+(``data.synthetic``) cut into one crop per shape (class = shape); a ``path`` is an ImageFolder
+(one sub-folder of images per class). Crops and images are ``data.image_size`` square.
+Batches are ``(images [B, 3, S, S], labels [B] int64)``.
+
+The model is :func:`cvkit.models.build.build_model`'s, then ``model.pretrained``,
+``model.reuse_classes`` and ``model.freeze_at`` are applied
+(:func:`cvkit.models.transfer.prepare_finetuning`) using the training split's class names.
+``best.pt`` follows ``top1``; the last validation's confusion matrix stays on the task
+(:attr:`ClassifyTask.confusion`) for :func:`~cvkit.models.classification.metrics.
+plot_confusion_matrix`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from cvkit.engine.tasks import Task, register_task
+from cvkit.errors import DatasetError
+from cvkit.logs import get_logger
+
+logger = get_logger("classify")
+# Synthetic shapes are convex: a visible mask filling less of its hull than this is occluded.
+SHAPE_MIN_SOLIDITY = 0.9
+
+
+@register_task("classify")
+class ClassifyTask(Task):
+    """Classification with any model mapping ``images [B, 3, H, W]`` to ``logits [B, C]``."""
+
+    best_metric = "top1"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.classes: list[str] | None = None
+        self.confusion: Tensor | None = None
+
+    def build_dataset(self, split: str) -> Dataset:
+        """Crops of the synthetic shapes or of a detection split, or an ImageFolder."""
+        from cvkit.models.classification.data import ImageFolderDataset, ObjectCropDataset
+
+        data = self.config.data
+        source = getattr(data, split)
+        train = split == "train"
+        if source.path is None:
+            from cvkit.data.synthetic import synthetic_records
+
+            count = data.synthetic.num_train if train else data.synthetic.num_val
+            records, _ = synthetic_records(
+                count, data.synthetic.image_size, data.synthetic.seed, split
+            )
+            dataset: Dataset = ObjectCropDataset(
+                records, data.image_size, train=train, min_solidity=SHAPE_MIN_SOLIDITY
+            )
+        else:
+            dataset = ImageFolderDataset(source.path, data.image_size, train=train)
+        if train:
+            self.classes = list(dataset.classes)
+        logger.info("%s split: %d samples, classes %s", split, len(dataset), dataset.classes)
+        return dataset
+
+    def build_loader(self, dataset: Dataset, train: bool, distributed: bool = False) -> DataLoader:
+        """Plain ``(image, label)`` batches; shuffled (and last partial batch dropped) to train."""
+        data = self.config.data
+        generator = torch.Generator().manual_seed(self.config.seed)
+        sampler = (
+            DistributedSampler(dataset, shuffle=train, seed=self.config.seed)
+            if distributed
+            else None
+        )
+        return DataLoader(
+            dataset,
+            batch_size=data.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=data.workers,
+            drop_last=train and len(dataset) > data.batch_size,
+            generator=generator,
+            persistent_workers=False,
+        )
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The configured model with ``model.pretrained`` / ``freeze_at`` applied."""
+        from cvkit.models.build import build_model
+        from cvkit.models.transfer import prepare_finetuning
+
+        model = build_model(self.config, num_classes)
+        prepare_finetuning(model, self.config.model, self.classes)
+        return model
+
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        """``{"ce": cross-entropy}`` of ``model(images)`` against the labels."""
+        images, labels = batch
+        return {"ce": F.cross_entropy(model(images).float(), labels)}
+
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
+        """``top1``, ``top5`` (over 5 classes), ``loss`` and ``acc/<class>`` over ``loader``."""
+        from cvkit.models.classification.metrics import confusion_matrix, summarize, topk_correct
+
+        classes = list(getattr(loader.dataset, "classes", []))
+        matrix = torch.zeros(len(classes), len(classes), dtype=torch.long)
+        top5 = 0
+        loss_sum = 0.0
+        with torch.no_grad():
+            for batch in loader:
+                images, labels = self.to_device(batch, device)
+                logits = model(images).float()
+                if logits.shape[1] != len(classes):
+                    raise DatasetError(
+                        f"model has {logits.shape[1]} outputs but the val split has "
+                        f"{len(classes)} classes {classes}"
+                    )
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+                top5 += topk_correct(logits, labels, 5)
+                matrix += confusion_matrix(logits.argmax(1), labels, len(classes))
+        total = int(matrix.sum())
+        if total == 0:
+            raise DatasetError("the validation split is empty: no image to evaluate")
+        self.confusion = matrix
+        metrics = summarize(matrix, classes)
+        result = {"top1": metrics.pop("top1"), "loss": loss_sum / total}
+        if len(classes) > 5:
+            result["top5"] = top5 / total
+        return {**result, **metrics}
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        """Top-1 (and top-5) accuracy, then the accuracy of every class."""
+        head = f"top1 {metrics['top1']:.4f}"
+        if "top5" in metrics:
+            head += f" top5 {metrics['top5']:.4f}"
+        per_class = " ".join(
+            f"{key[4:]} {value:.3f}"
+            for key, value in metrics.items()
+            if key.startswith("acc/") and not math.isnan(value)
+        )
+        return f"{head} | acc {per_class}" if per_class else head
