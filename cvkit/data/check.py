@@ -311,8 +311,9 @@ def validate_for_training(
     """
     report = check_records(records, decode=False)
     report.problems = (extra or []) + report.problems
-    for problem in report.warnings[:_LISTED]:
-        logger.debug("%s: %s %s", problem.kind, problem.file, problem.detail)
+    if report.warnings:
+        counts = ", ".join(f"{kind}: {n}" for kind, n in report.kinds().items())
+        logger.info("%s: dataset check warnings (usable as is): %s", records.source, counts)
     if not report.errors:
         return records
     bad = report.bad_image_ids()

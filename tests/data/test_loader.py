@@ -143,3 +143,37 @@ def test_broken_dataset_is_refused_or_skipped_with_a_log(tmp_path, caplog):
         dataset = build_dataset(config.data, "val", "detect")
     assert [s.file_name for s in dataset.records.samples] == ["img0.png", "img2.png"]
     assert "skipping 1 of 3 samples" in caplog.text
+
+
+def test_loader_settings_come_from_the_config(tmp_path):
+    synth = [f"data.synthetic.{k}={v}" for k, v in TINY.items()]
+    config = _config(
+        tmp_path, *synth, "data.workers=1", "data.pin_memory=false", "data.persistent_workers=true"
+    )
+    dataset = build_dataset(config.data, "val", "detect")
+    loader = build_loader(dataset, config.data, train=False)
+    assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (1, False, True)
+    assert loader.batch_size == 2 and not loader.drop_last
+    train_loader = build_loader(build_dataset(config.data, "train", "detect"), config.data, True)
+    assert train_loader.drop_last
+
+
+def test_every_sample_bad_is_an_error_even_when_skipping(tmp_path):
+    from cvkit.data.check import validate_for_training
+
+    records = Records(
+        [
+            Sample(
+                1,
+                "a.png",
+                10,
+                10,
+                image=np.zeros((10, 10, 3), np.uint8),
+                boxes=[[5, 5, 2, 2]],
+                labels=[0],
+            )
+        ],
+        ["x"],
+    )
+    with pytest.raises(DatasetError, match="every sample fails the dataset check"):
+        validate_for_training(records, skip_invalid=True)
