@@ -9,13 +9,14 @@ The model is :func:`cvkit.models.build.build_model`'s, then ``model.pretrained``
 ``model.reuse_classes`` and ``model.freeze_at`` are applied
 (:func:`cvkit.models.transfer.prepare_finetuning`) using the training split's class names.
 ``best.pt`` follows ``top1``; the last validation's confusion matrix stays on the task
-(:attr:`ClassifyTask.confusion`) for :func:`~cvkit.models.classification.metrics.
-plot_confusion_matrix`.
+(:attr:`ClassifyTask.confusion`); :func:`train_and_report` (``scripts/train_classifier.py``)
+trains and then draws ``best.pt``'s confusion matrix into the run's ``plots/``.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,3 +145,35 @@ class ClassifyTask(Task):
             if key.startswith("acc/") and not math.isnan(value)
         )
         return f"{head} | acc {per_class}" if per_class else head
+
+
+def train_and_report(argv: list[str]) -> int:
+    """``cvkit train ARGV`` for a classification config, then the confusion matrix of best.pt.
+
+    The PNG goes to ``<run>/plots/confusion_matrix.png`` (val split, best checkpoint).
+    Returns the exit code of ``cvkit train``.
+    """
+    import json
+    import tempfile
+
+    from cvkit.cli import main
+    from cvkit.config import Config
+    from cvkit.engine.checkpoint import load_model
+    from cvkit.models.classification.metrics import plot_confusion_matrix
+
+    with tempfile.TemporaryDirectory() as tmp:
+        given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--json"]
+        summary = Path(given[-1]) if given else Path(tmp) / "metrics.json"
+        code = main(["train", *argv, "--json", str(summary)])
+        if code != 0:
+            return code
+        run = Path(json.loads(summary.read_text(encoding="utf-8"))["run"])
+    model, checkpoint = load_model(run / "weights" / "best.pt")
+    task = ClassifyTask(Config.model_validate(checkpoint["config"]))
+    val = task.build_dataset("val")
+    metrics = task.evaluate(model, task.build_loader(val, train=False), torch.device("cpu"))
+    path = plot_confusion_matrix(
+        task.confusion, val.classes, run / "plots" / "confusion_matrix.png"
+    )
+    print(f"confusion matrix (best.pt, val top-1 {metrics['top1']:.4f}): {path}")
+    return 0
