@@ -144,3 +144,26 @@ def test_truncated_and_occluded_objects_can_be_left_out():
     records = _white_square_records()
     assert len(ObjectCropDataset(records, 16, skip_truncated=False)) == 2
     assert ObjectCropDataset(records, 16).labels == [1]  # the bar touches the left border
+
+
+@pytest.mark.slow
+def test_tiny_resnet_learns_shape_crops(tmp_path):
+    from pathlib import Path
+
+    from cvkit.config import load_config
+    from cvkit.engine.tasks import get_task
+    from cvkit.engine.trainer import Trainer
+
+    torch.set_num_threads(1)  # one thread trains faster than two on a loaded 2-core machine
+    config_path = Path(__file__).resolve().parents[2] / "configs" / "classify_resnet.yaml"
+    # The shipped config, validated once, after the last epoch (no best-epoch selection).
+    config = load_config(config_path, ["train.val_every=100", "train.plots=false"])
+    task = get_task("classify")(config)
+    train, val = task.build_dataset("train"), task.build_dataset("val")
+    torch.manual_seed(config.seed)
+    model = task.build_model(len(train.classes))
+    loaders = task.build_loader(train, True), task.build_loader(val, False)
+    metrics = Trainer(config, task, model, *loaders).fit()
+    torch.set_num_threads(2)
+    assert metrics["top1"] >= 0.95, task.describe(metrics)
+    assert task.confusion.sum() == len(val)
