@@ -135,7 +135,9 @@ def load_pretrained(
             report.skipped_head.append(key)
     if reuse_classes:
         names = source_classes if source_classes is not None else checkpoint_classes
-        if names is None or classes is None:
+        if classes is None:
+            raise ConfigError("model.reuse_classes: the target class names are not known")
+        if names is None:
             raise ConfigError(
                 f"model.reuse_classes: {path} carries no class names; set model.source_classes "
                 "to a text file with the names of its output rows"
