@@ -18,7 +18,8 @@ def classifier(backbone, num_classes, *overrides):
     return build_model(config, num_classes), config
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "alexnet", "googlenet"])
+# ResNet-50's body is compared stage by stage in test_backbones.py; its head is ResNet-18's.
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "googlenet"])
 def test_torchvision_classifier_file_gives_identical_logits(name, torchvision_file):
     reference, path = torchvision_file(name, num_classes=10)
     model, _ = classifier(name, 10, "model.classifier.head=native")
