@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import Config
 from cvkit.errors import ConfigError, NotBuiltError
+from cvkit.logs import get_logger
 
 Batch = Any
 _REGISTRY: dict[str, type[Task]] = {}
@@ -75,10 +76,32 @@ class Task:
         )
 
     def build_model(self, num_classes: int) -> nn.Module:
-        """The model named by ``config.model``, with ``num_classes`` outputs."""
+        """The model named by ``config.model``, with ``num_classes`` outputs.
+
+        ``model.pretrained`` (a torchvision classifier ``.pth`` or a cvkit checkpoint)
+        initializes the model's ``backbone``; only the backbone part of the file is loaded,
+        strictly (every key, equal shapes).
+
+        Raises:
+            ConfigError: ``model.pretrained`` is set but the model has no ``backbone``.
+            CheckpointError: the file is unreadable or its backbone does not fit.
+        """
         from cvkit.models.build import build_model
 
-        return build_model(self.config, num_classes)
+        model = build_model(self.config, num_classes)
+        path = self.config.model.pretrained
+        if path is not None:
+            from cvkit.models.backbones.weights import load_backbone_weights
+
+            backbone = getattr(model, "backbone", None)
+            if backbone is None:
+                raise ConfigError(
+                    f"model.pretrained: {self.config.model.name!r} has no backbone to load "
+                    f"{path} into"
+                )
+            load_backbone_weights(backbone, path)
+            get_logger("tasks").info("backbone initialized from %s", path)
+        return model
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         """Move an ``(images, targets)`` batch to ``device`` (tensors inside target dicts too)."""

@@ -17,11 +17,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cvkit.engine.tasks import Task, register_task
-from cvkit.errors import ConfigError, DatasetError
+from cvkit.errors import DatasetError
 from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco
-from cvkit.logs import get_logger, progress
-
-logger = get_logger("detect")
+from cvkit.logs import progress
 
 
 def to_original_pixels(detection: dict[str, Tensor], target: dict[str, Any]) -> dict[str, Tensor]:
@@ -56,31 +54,6 @@ class DetectTask(Task):
     """Object detection with any model that follows the detector contract."""
 
     best_metric = "mAP"
-
-    def build_model(self, num_classes: int) -> nn.Module:
-        """The configured detector; ``model.pretrained`` initializes its ``backbone``.
-
-        The weights file is a torchvision classifier ``.pth`` or a cvkit checkpoint; only its
-        backbone part is loaded (strictly: every key, equal shapes).
-
-        Raises:
-            ConfigError: ``model.pretrained`` is set but the detector has no ``backbone``.
-            CheckpointError: the file is unreadable or its backbone does not fit.
-        """
-        model = super().build_model(num_classes)
-        path = self.config.model.pretrained
-        if path is not None:
-            from cvkit.models.backbones.weights import load_backbone_weights
-
-            backbone = getattr(model, "backbone", None)
-            if backbone is None:
-                raise ConfigError(
-                    f"model.pretrained: {self.config.model.name!r} has no backbone to load "
-                    f"{path} into"
-                )
-            load_backbone_weights(backbone, path)
-            logger.info("backbone initialized from %s", path)
-        return model
 
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """The detector's own loss dict for ``(images, targets)``."""

@@ -64,22 +64,6 @@ class SegmentTask(Task):
 
     best_metric = "mIoU"
 
-    def build_model(self, num_classes: int) -> nn.Module:
-        """The configured segmenter; ``model.pretrained`` initializes its ``backbone``.
-
-        The weights file is a torchvision classifier ``.pth`` or a cvkit checkpoint; only its
-        backbone part is loaded (strictly: every key, equal shapes).
-
-        Raises:
-            CheckpointError: the file is unreadable or its backbone does not fit.
-        """
-        model = super().build_model(num_classes)
-        if self.config.model.pretrained is not None:
-            from cvkit.models.backbones.weights import load_backbone_weights
-
-            load_backbone_weights(model.backbone, self.config.model.pretrained)
-        return model
-
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """``{"ce": cross-entropy}`` of ``model(images)`` against the stacked semantic masks."""
         images, targets = batch
