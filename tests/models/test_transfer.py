@@ -148,3 +148,16 @@ def test_prepare_finetuning_applies_config_keys(tmp_path):
     assert report.reused_classes == {"y": "y", "x": "x"}
     torch.testing.assert_close(model.head.fc.weight, source.head.fc.weight.flip(0))
     assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_cvkit_checkpoint_with_ema_gives_the_ema_weights(tmp_path):
+    from cvkit.models.backbones.weights import read_weights
+
+    raw = {"w": torch.zeros(2)}
+    averaged = {"w": torch.ones(2)}
+    path = tmp_path / "last.pt"
+    torch.save({"model": raw, "ema": {"module": averaged}, "classes": ["a", "b"]}, path)
+    state, classes = read_weights(path)
+    assert torch.equal(state["w"], averaged["w"]) and classes == ["a", "b"]
+    torch.save({"model": raw, "ema": None, "classes": ["a"]}, path)
+    assert torch.equal(read_weights(path)[0]["w"], raw["w"])

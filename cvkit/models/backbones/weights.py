@@ -29,7 +29,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]
     """The model state dict stored in ``path`` and, for a cvkit checkpoint, its class names.
 
     Accepts a plain state dict (torchvision's ``.pth`` files; classes ``None``) or a cvkit
-    checkpoint (a dict whose ``model`` entry is the state dict and ``classes`` the names).
+    checkpoint (a dict whose ``model`` entry is the state dict and ``classes`` the names). A
+    checkpoint of a run that kept an EMA of its weights gives the EMA weights (``ema.module``),
+    the ones that run validated and deploys.
 
     Raises:
         CheckpointError: the file is missing, truncated, not a torch file, or holds no tensors.
@@ -44,7 +46,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]
     classes = None
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         classes = data.get("classes")
-        data = data["model"]
+        ema = data.get("ema")
+        has_ema = isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping)
+        data = ema["module"] if has_ema else data["model"]
     if not isinstance(data, Mapping) or not data:
         raise CheckpointError(f"{path}: expected a state dict (name → tensor), got {type(data)}")
     bad = [key for key, value in data.items() if not isinstance(value, Tensor)]
