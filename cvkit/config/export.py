@@ -14,8 +14,11 @@ class ExportConfig(Section):
     class-aware NMS inside the graph for detectors (else the runtime applies it); ``half``
     stores float16 weights and computes in float16 while keeping float32 inputs and outputs;
     ``simplify`` runs onnxslim when it is installed. The parity check compares onnxruntime with
-    torch on the same inputs; ``box_tolerance`` is relative to the input size.
+    torch on the same inputs; ``box_tolerance`` is relative to the input size. ``after_train``
+    makes ``cvkit train`` export ``best.pt`` to ``weights/best.onnx`` when training ends.
     """
+
+    after_train: bool = False
 
     format: Literal["onnx"] = "onnx"
     opset: int = Field(17, ge=11)

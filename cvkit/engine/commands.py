@@ -5,6 +5,10 @@ config → seed, threads, device → run folder → datasets (checked by :mod:`c
 model → :class:`~cvkit.engine.trainer.Trainer` → summary. Under ``torchrun`` every process
 runs this and rank 0 alone writes the run folder.
 
+With ``export.after_train``, ``best.pt`` is then exported to ``weights/best.onnx`` (checked
+against torch by :mod:`cvkit.export`); a failed export is reported after the training results
+are safely written and makes the command exit with status 1.
+
 ``cvkit eval --cfg CFG --weights CKPT [--json PATH]`` rebuilds the model from the checkpoint
 and scores it on the config's val split.
 
@@ -36,7 +40,7 @@ from cvkit.engine.environment import (
 from cvkit.engine.rundir import RunDir, create_run_dir
 from cvkit.engine.tasks import Task, get_task
 from cvkit.engine.trainer import Trainer
-from cvkit.errors import CheckpointError, ConfigError
+from cvkit.errors import CheckpointError, ConfigError, CvkitError
 from cvkit.logs import get_logger, setup_logging
 
 logger = get_logger("commands")
@@ -95,6 +99,21 @@ def _train(config: Config, args: argparse.Namespace, info: distributed.DistInfo)
         if args.json:
             extra = {"epoch": trainer.best_epoch, "run": str(run.root), "time_s": elapsed}
             write_metrics_json(args.json, metrics, extra)
+        if config.export.after_train:
+            return _export_best(run)
+    return 0
+
+
+def _export_best(run: RunDir) -> int:
+    """Export ``best.pt`` to ONNX next to it; returns the exit code (1 when export fails)."""
+    from cvkit.export.commands import export_checkpoint
+
+    try:
+        result = export_checkpoint(run.best)
+    except CvkitError as exc:
+        logger.error("training finished, but exporting %s failed: %s", run.best, exc)
+        return 1
+    print(f"exported: {result.path} (ONNX, checked against torch)")
     return 0
 
 
