@@ -51,11 +51,13 @@ def progress(
     desc: str = "",
     lines: int = 4,
     status: Callable[[], str] | None = None,
+    min_interval: float = 10.0,
 ) -> Iterator[T]:
     """Iterate with a progress report.
 
-    On a TTY this is a tqdm bar. Otherwise about ``lines`` plain log lines are written
-    (``desc 25% 10/40 3.1 it/s``), plus one at the end.
+    On a TTY this is a tqdm bar. Otherwise up to ``lines`` plain log lines are written
+    (``desc 25% 10/40 3.1 it/s``), at least ``min_interval`` seconds apart, plus one at the
+    end, so a long loop shows it is alive and a short one logs a single line.
 
     Args:
         iterable: what to iterate over.
@@ -64,6 +66,7 @@ def progress(
         lines: how many intermediate lines to log when not on a TTY.
         status: called after each processed item; its text (e.g. ``loss 0.52 lr 0.01``) is
             shown after the counts.
+        min_interval: seconds between two intermediate lines when not on a TTY.
     """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
@@ -78,12 +81,15 @@ def progress(
         return
     logger = get_logger("progress")
     every = max(1, (total or 0) // max(lines, 1)) if total else 0
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     count = 0
     for count, item in enumerate(iterable, 1):
         yield item
         if every and count % every == 0 and count != total:
-            _log_line(logger, desc, count, total, start, status)
+            now = time.perf_counter()
+            if now - last >= min_interval:
+                _log_line(logger, desc, count, total, start, status)
+                last = now
     _log_line(logger, desc, count, total, start, status)
 
 

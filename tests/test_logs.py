@@ -21,7 +21,7 @@ def test_progress_yields_everything_and_logs_plain_lines():
     previous_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        items = list(progress(range(40), desc="epoch 1", lines=4))
+        items = list(progress(range(40), desc="epoch 1", lines=4, min_interval=0))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
@@ -39,10 +39,26 @@ def test_progress_lines_carry_the_status_text():
     logger.setLevel(logging.INFO)
     seen = []
     try:
-        for item in progress(range(8), desc="e", lines=2, status=lambda: f"loss {len(seen)}"):
+        for item in progress(
+            range(8), desc="e", lines=2, status=lambda: f"loss {len(seen)}", min_interval=0
+        ):
             seen.append(item)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
     assert handler.messages[0].startswith("e  50% 4/8") and handler.messages[0].endswith("loss 4")
     assert handler.messages[-1].endswith("loss 8")
+
+
+def test_a_fast_loop_logs_only_its_final_line():
+    logger = get_logger("progress")
+    handler = ListHandler()
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert list(progress(range(40), desc="eval", lines=4)) == list(range(40))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    assert len(handler.messages) == 1 and handler.messages[0].startswith("eval 100% 40/40")
