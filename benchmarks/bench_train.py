@@ -237,8 +237,9 @@ def main() -> None:
         f"cvkit / torchvision throughput: **{ratio:.2f}x** (target ≥ 1.0x at equal or better "
         f"mAP): {'met' if meets else 'NOT met'} in this run.",
         "",
-        "The 2 CPU cores were shared with other jobs while this ran, so absolute numbers are "
-        "pessimistic; the ratio comes from alternating rounds under the same load.",
+        f"Load average (1 min) when the run ended: {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs; the throughput ratio comes from alternating rounds under the "
+        "same load, so it is fairer than the absolute numbers when other jobs run.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     kept = ""  # the recorded `make train` section is measured separately; keep it
