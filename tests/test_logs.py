@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 from cvkit.logs import get_logger, progress
 
 
@@ -14,51 +16,36 @@ class ListHandler(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_progress_yields_everything_and_logs_plain_lines():
+@pytest.fixture
+def progress_lines():
+    """The messages logged by ``cvkit.progress`` during the test."""
     logger = get_logger("progress")
     handler = ListHandler()
     logger.addHandler(handler)
     previous_level = logger.level
     logger.setLevel(logging.INFO)
-    try:
-        items = list(progress(range(40), desc="epoch 1", lines=4, min_interval=0))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(previous_level)
+
+
+def test_progress_yields_everything_and_logs_plain_lines(progress_lines):
+    items = list(progress(range(40), desc="epoch 1", lines=4, min_interval=0))
     assert items == list(range(40))
-    assert len(handler.messages) == 4
-    assert handler.messages[0].startswith("epoch 1  25% 10/40")
-    assert handler.messages[-1].startswith("epoch 1 100% 40/40")
+    assert len(progress_lines) == 4
+    assert progress_lines[0].startswith("epoch 1  25% 10/40")
+    assert progress_lines[-1].startswith("epoch 1 100% 40/40")
 
 
-def test_progress_lines_carry_the_status_text():
-    logger = get_logger("progress")
-    handler = ListHandler()
-    logger.addHandler(handler)
-    previous_level = logger.level
-    logger.setLevel(logging.INFO)
+def test_progress_lines_carry_the_status_text(progress_lines):
     seen = []
-    try:
-        for item in progress(
-            range(8), desc="e", lines=2, status=lambda: f"loss {len(seen)}", min_interval=0
-        ):
-            seen.append(item)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
-    assert handler.messages[0].startswith("e  50% 4/8") and handler.messages[0].endswith("loss 4")
-    assert handler.messages[-1].endswith("loss 8")
+    status = lambda: f"loss {len(seen)}"  # noqa: E731
+    for item in progress(range(8), desc="e", lines=2, status=status, min_interval=0):
+        seen.append(item)
+    assert progress_lines[0].startswith("e  50% 4/8") and progress_lines[0].endswith("loss 4")
+    assert progress_lines[-1].endswith("loss 8")
 
 
-def test_a_fast_loop_logs_only_its_final_line():
-    logger = get_logger("progress")
-    handler = ListHandler()
-    logger.addHandler(handler)
-    previous_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        assert list(progress(range(40), desc="eval", lines=4)) == list(range(40))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
-    assert len(handler.messages) == 1 and handler.messages[0].startswith("eval 100% 40/40")
+def test_a_fast_loop_logs_only_its_final_line(progress_lines):
+    assert list(progress(range(40), desc="eval", lines=4)) == list(range(40))
+    assert len(progress_lines) == 1 and progress_lines[0].startswith("eval 100% 40/40")
