@@ -25,6 +25,7 @@ from cvkit.models.backbones import Backbone, create_backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.losses import multibox_loss
 from cvkit.models.detection.postprocess import select_detections
+from cvkit.models.transfer import body_head_groups
 from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
 from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
@@ -262,17 +263,7 @@ class SSD(nn.Module):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Body (backbone) and head (extra blocks + predictors) groups with their ``lr_mult``."""
-        groups = [
-            {"name": "body", "params": self.backbone.parameters(), "lr_mult": self.body_lr_mult},
-            {
-                "name": "head",
-                "params": [*self.extras.parameters(), *self.head.parameters()],
-                "lr_mult": self.head_lr_mult,
-            },
-        ]
-        for group in groups:
-            group["params"] = [p for p in group["params"] if p.requires_grad]
-        return [group for group in groups if group["params"]]
+        return body_head_groups(self, self.body_lr_mult, self.head_lr_mult)
 
 
 @register_model("ssd")
