@@ -28,18 +28,15 @@ from torch.utils.data import Dataset
 
 from cvkit.data.records import Records, read_image
 from cvkit.errors import DatasetError
+from cvkit.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from cvkit.runtime.preprocess import normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def to_tensor(image: np.ndarray) -> Tensor:
     """``uint8 [H, W, 3]`` RGB → ``float32 [3, H, W]`` normalized with the ImageNet mean/std."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (pixels - mean) / std
+    return torch.from_numpy(normalize(image[None], IMAGENET_MEAN, IMAGENET_STD)[0])
 
 
 def crop_square(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
@@ -123,7 +120,7 @@ class ObjectCropDataset(Dataset):
             shift = (torch.rand(2).numpy() * 0.2 - 0.1) * side
             factor = 0.9 + 0.2 * float(torch.rand(()))
             center = (box[:2] + box[2:]) / 2 + shift
-            half = (box[2:] - box[:2]) / 2 * factor
+            half = side / 2 * factor
             box = np.concatenate([center - half, center + half])
         crop = crop_square(sample.load_image(), box, self.image_size)
         if self.train and float(torch.rand(())) < 0.5:
