@@ -88,11 +88,8 @@ class GoogLeNet(Backbone):
         self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self._groups: dict[str, list[nn.Module]] = {
-            "stem": [self.conv1, self.maxpool1, self.conv2, self.conv3]
-        }
         channels = c3
-        stages = [(StageInfo("stem", c3, 4), self._groups["stem"])]
+        stages = [(StageInfo("stem", c3, 4), [self.conv1, self.maxpool1, self.conv2, self.conv3])]
         for level, pool in ((3, self.maxpool2), (4, self.maxpool3), (5, self.maxpool4)):
             group: list[nn.Module] = [pool]
             for name, widths in INCEPTION.items():
@@ -101,7 +98,6 @@ class GoogLeNet(Backbone):
                     setattr(self, name, block)
                     group.append(block)
                     channels = block.out_channels
-            self._groups[f"inception{level}"] = group
             stages.append((StageInfo(f"inception{level}", channels, 2**level), group))
         self._set_stages(stages)
         for module in self.modules():
@@ -111,7 +107,7 @@ class GoogLeNet(Backbone):
     def iter_stages(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         """Yield ``stem`` and ``inception3`` … ``inception5`` feature maps."""
         for name in self.stage_names:
-            for module in self._groups[name]:
+            for module in self._stage_modules[name]:
                 x = module(x)
             yield name, x
 
