@@ -242,11 +242,10 @@ def main() -> None:
         "same load, so it is fairer than the absolute numbers when other jobs run.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""  # the recorded `make train` section is measured separately; keep it
-    if args.out.exists() and MAKE_TRAIN_HEADING in args.out.read_text(encoding="utf-8"):
-        kept = (
-            MAKE_TRAIN_HEADING + args.out.read_text(encoding="utf-8").split(MAKE_TRAIN_HEADING)[1]
-        )
+    # The recorded `make train` section is measured separately; keep it.
+    previous = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    parts = previous.split(MAKE_TRAIN_HEADING)
+    kept = MAKE_TRAIN_HEADING + parts[1] if len(parts) > 1 else ""
     args.out.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""), encoding="utf-8")
     print("\n".join(lines))
 
