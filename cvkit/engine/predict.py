@@ -12,7 +12,7 @@ predictions from any detector.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,11 @@ def list_images(sources: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-class CheckpointDetector:
-    """A trained cvkit detector (``.pt`` checkpoint) as a :data:`Detector`.
+class CheckpointModel:
+    """A trained cvkit model (``.pt`` checkpoint) ready for inference, for any task.
 
-    Images go through the validation path: the config's eval pre-processing
-    (``data.resize`` to ``data.image_size``, ``data.mean``/``data.std``), the model in eval
-    mode, and boxes mapped back to original pixels as validation maps them.
+    Loading, the validation pre-processing and batching are shared; a subclass turns one
+    batch's model outputs into its results (:meth:`_predict_batch`).
 
     Args:
         weights: checkpoint written by ``cvkit train``; the model is rebuilt from it alone.
@@ -102,33 +101,56 @@ class CheckpointDetector:
         self.collate = Collate(config.data.mean, config.data.std)
         self.batch_size = batch_size
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Detections of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
-        predictions: list[Prediction] = []
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The results of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
+        results: list[Any] = []
         for start in range(0, len(images), self.batch_size):
-            predictions += self._predict_batch(images[start : start + self.batch_size])
-        return predictions
+            results += self._predict_batch(images[start : start + self.batch_size])
+        return results
+
+    def _forward(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Any]]:
+        """The model's outputs for ``images`` (eval pre-processing, no grad) and each image's
+        fitted sample (its ``scale`` and ``offset``)."""
+        torch = self._torch
+        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        fitted = [self.transform(image, no_boxes, no_labels) for image in images]
+        batch, _ = self.collate(
+            [
+                (torch.from_numpy(np.ascontiguousarray(f.image.transpose(2, 0, 1))), {})
+                for f in fitted
+            ]
+        )
+        with torch.no_grad():
+            return self.model(batch.to(self.device)), fitted
+
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Any]:
+        raise NotImplementedError
+
+
+class CheckpointDetector(CheckpointModel):
+    """A trained cvkit detector (``.pt`` checkpoint) as a :data:`Detector`.
+
+    Images go through the validation path: the config's eval pre-processing
+    (``data.resize`` to ``data.image_size``, ``data.mean``/``data.std``), the model in eval
+    mode, and boxes mapped back to original pixels as validation maps them.
+
+    Args:
+        weights: checkpoint written by ``cvkit train``; the model is rebuilt from it alone.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: images per forward pass.
+    """
 
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         from cvkit.engine.tasks.detect import to_original_pixels
 
-        torch = self._torch
-        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        samples = []
-        for image in images:
-            fitted = self.transform(image, no_boxes, no_labels)
-            pixels = torch.from_numpy(np.ascontiguousarray(fitted.image.transpose(2, 0, 1)))
+        outputs, fitted = self._forward(images)
+        predictions = []
+        for output, sample, image in zip(outputs, fitted, images, strict=True):
             geometry = {
-                "scale": fitted.scale,
-                "offset": fitted.offset,
+                "scale": sample.scale,
+                "offset": sample.offset,
                 "orig_size": image.shape[:2],
             }
-            samples.append((pixels, geometry))
-        batch, geometries = self.collate(samples)
-        with torch.no_grad():
-            outputs = self.model(batch.to(self.device))
-        predictions = []
-        for output, geometry in zip(outputs, geometries, strict=True):
             mapped = to_original_pixels(output, geometry)
             predictions.append(
                 Prediction(
@@ -182,11 +204,10 @@ def prediction_record(path: Path, prediction: Prediction, classes: Sequence[str]
     }
 
 
-class PredictionWriter:
-    """Writes ``<out>/<image stem>.png`` (detections drawn) per image and ``predictions.json``.
+class OutputFolder:
+    """An output folder of per-image PNGs and one ``predictions.json`` of ``records``.
 
-    The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
-    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels.
+    Subclasses write each image's files under :meth:`_unique_stem` and append its record.
 
     Args:
         out: output folder (created).
@@ -200,19 +221,14 @@ class PredictionWriter:
         self.records: list[dict[str, Any]] = []
         self._names: set[str] = set()
 
-    def add(self, path: Path, image: np.ndarray, prediction: Prediction) -> Path:
-        """Draw one image's detections to a PNG and record them; returns the PNG's path."""
+    def _unique_stem(self, path: Path) -> str:
+        """``path``'s stem, with ``_`` appended until no earlier image has it (the same stem in
+        two folders keeps both outputs)."""
         name = path.stem
-        while name in self._names:  # the same stem in two folders: keep both drawings
+        while name in self._names:
             name += "_"
         self._names.add(name)
-        drawing = self.out / f"{name}.png"
-        drawn = draw_detections(
-            image, prediction.boxes, prediction.labels, self.classes, scores=prediction.scores
-        )
-        cv2.imwrite(str(drawing), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        self.records.append(prediction_record(path, prediction, self.classes))
-        return drawing
+        return name
 
     def finish(self) -> Path:
         """Write ``predictions.json`` (atomically) and return its path."""
@@ -221,6 +237,39 @@ class PredictionWriter:
         tmp.write_text(json.dumps(self.records, indent=1), encoding="utf-8")
         tmp.replace(json_path)
         return json_path
+
+
+class PredictionWriter(OutputFolder):
+    """Writes ``<out>/<image stem>.png`` (detections drawn) per image and ``predictions.json``.
+
+    The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
+    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels.
+
+    Args:
+        out: output folder (created).
+        classes: class names, indexed by label.
+    """
+
+    def add(self, path: Path, image: np.ndarray, prediction: Prediction) -> Path:
+        """Draw one image's detections to a PNG and record them; returns the PNG's path."""
+        drawing = self.out / f"{self._unique_stem(path)}.png"
+        drawn = draw_detections(
+            image, prediction.boxes, prediction.labels, self.classes, scores=prediction.scores
+        )
+        cv2.imwrite(str(drawing), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        self.records.append(prediction_record(path, prediction, self.classes))
+        return drawing
+
+
+def predict_images(
+    paths: Sequence[Path], model: Callable[[Sequence[np.ndarray]], list[Any]], batch_size: int
+) -> Iterator[tuple[Path, np.ndarray, Any]]:
+    """Each of ``paths`` with its RGB image and ``model``'s result for it, reading and
+    predicting ``batch_size`` images at a time."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = [read_image(path) for path in chunk]
+        yield from zip(chunk, images, model(images), strict=True)
 
 
 def run_predict(args: Any) -> int:
@@ -241,13 +290,10 @@ def run_predict(args: Any) -> int:
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
     writer = PredictionWriter(args.out, detector.classes)
     total = 0
-    for start in range(0, len(paths), detector.batch_size):
-        chunk = paths[start : start + detector.batch_size]
-        images = [read_image(path) for path in chunk]
-        for path, image, prediction in zip(chunk, images, detector(images), strict=True):
-            kept = prediction.above(threshold)
-            writer.add(path, image, kept)
-            total += len(kept.scores)
+    for path, image, prediction in predict_images(paths, detector, detector.batch_size):
+        kept = prediction.above(threshold)
+        writer.add(path, image, kept)
+        total += len(kept.scores)
     json_path = writer.finish()
     print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
     return 0

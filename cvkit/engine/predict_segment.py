@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from cvkit.data.visualize import COLOURS
-from cvkit.engine.predict import CheckpointDetector, PredictionWriter
+from cvkit.engine.predict import CheckpointModel, OutputFolder, predict_images
 
 Segmenter = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 OVERLAY_ALPHA = 0.5
@@ -42,10 +42,10 @@ def weights_task(path: str | Path) -> str:
     return str(load_checkpoint(path)["config"]["task"])
 
 
-class CheckpointSegmenter(CheckpointDetector):
+class CheckpointSegmenter(CheckpointModel):
     """A trained cvkit segmenter (``.pt`` checkpoint) as a :data:`Segmenter`.
 
-    Loading and batching are :class:`~cvkit.engine.predict.CheckpointDetector`'s; calling it
+    Loading and batching are :class:`~cvkit.engine.predict.CheckpointModel`'s; calling it
     returns one class mask ``int64 [H, W]`` per RGB image ``uint8 [H, W, 3]``, at its size.
 
     Args:
@@ -56,19 +56,11 @@ class CheckpointSegmenter(CheckpointDetector):
 
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
-        no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        samples, scales = [], []
-        for image in images:
-            fitted = self.transform(image, no_boxes, no_labels)
-            pixels = torch.from_numpy(np.ascontiguousarray(fitted.image.transpose(2, 0, 1)))
-            samples.append((pixels, {}))
-            scales.append(fitted.scale)
-        batch, _ = self.collate(samples)
-        with torch.no_grad():
-            logits = self.model(batch.to(self.device)).float()
+        logits, fitted = self._forward(images)
         masks = []
-        for scores, image, (sx, sy) in zip(logits, images, scales, strict=True):
+        for scores, image, sample in zip(logits.float(), images, fitted, strict=True):
             height, width = image.shape[:2]
+            sx, sy = sample.scale
             valid = scores[:, : round(height * sy), : round(width * sx)]
             resized = torch.nn.functional.interpolate(
                 valid[None], size=(height, width), mode="bilinear", align_corners=False
@@ -113,7 +105,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALP
     return np.where((mask > 0)[..., None], blended, image).round().astype(np.uint8)
 
 
-class MaskWriter(PredictionWriter):
+class MaskWriter(OutputFolder):
     """Writes the overlay, the raw mask and ``predictions.json`` of every predicted image.
 
     The JSON is a list with one entry per image: ``{"image": path, "overlay": png, "mask": png,
@@ -126,10 +118,7 @@ class MaskWriter(PredictionWriter):
 
     def add(self, path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
         """Write one image's overlay and mask PNGs and record it; returns the overlay's path."""
-        name = path.stem
-        while name in self._names:  # the same stem in two folders: keep both
-            name += "_"
-        self._names.add(name)
+        name = self._unique_stem(path)
         overlay = self.out / f"{name}.png"
         raw = self.out / f"{name}_mask.png"
         cv2.imwrite(str(overlay), cv2.cvtColor(overlay_mask(image, mask), cv2.COLOR_RGB2BGR))
@@ -150,18 +139,13 @@ def predict_segments(paths: Sequence[Path], weights: str | Path, out: str | Path
 
     Returns the ``predictions.json`` path.
     """
-    from cvkit.data.records import read_image
-
     if Path(weights).suffix.lower() == ".onnx":
         segmenter: CheckpointSegmenter | OnnxSegmenter = OnnxSegmenter(weights)
     else:
         segmenter = CheckpointSegmenter(weights)
     writer = MaskWriter(out, segmenter.classes)
-    for start in range(0, len(paths), segmenter.batch_size):
-        chunk = paths[start : start + segmenter.batch_size]
-        images = [read_image(path) for path in chunk]
-        for path, image, mask in zip(chunk, images, segmenter(images), strict=True):
-            writer.add(path, image, mask)
+    for path, image, mask in predict_images(paths, segmenter, segmenter.batch_size):
+        writer.add(path, image, mask)
     json_path = writer.finish()
     print(f"{len(paths)} images segmented; overlays, masks and JSON in {json_path.parent}")
     return json_path
