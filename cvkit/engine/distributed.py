@@ -67,6 +67,11 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def world_size() -> int:
+    """Number of processes in the job (1 outside a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main_process() -> bool:
     """True on rank 0: the process that logs, evaluates and writes checkpoints."""
     return rank() == 0
@@ -84,7 +89,7 @@ def mean_across_processes(values: torch.Tensor) -> torch.Tensor:
         return values
     values = values.detach().clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / dist.get_world_size()
+    return values / world_size()
 
 
 def broadcast_object(obj: object) -> object:

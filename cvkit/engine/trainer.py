@@ -216,7 +216,7 @@ class Trainer:
         done = 0
 
         def status() -> str:
-            rate = images * distributed_world_size() / max(time.perf_counter() - start, 1e-9)
+            rate = images * distributed.world_size() / max(time.perf_counter() - start, 1e-9)
             lr = self.optimizer.param_groups[0]["lr"]
             return f"loss {sums.get('loss', 0.0) / max(done, 1):.4f} lr {lr:.3g} {rate:.1f} img/s"
 
@@ -247,7 +247,7 @@ class Trainer:
         elapsed = max(time.perf_counter() - start, 1e-9)
         row = {f"train/{key}": value / max(batches, 1) for key, value in sums.items()}
         row["lr"] = self.optimizer.param_groups[0]["lr"]
-        row["img_per_s"] = images * distributed_world_size() / elapsed
+        row["img_per_s"] = images * distributed.world_size() / elapsed
         row["epoch_time_s"] = elapsed
         return row
 
@@ -403,11 +403,6 @@ class Trainer:
         for generator in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
             if isinstance(generator, torch.Generator):
                 generator.manual_seed(seed)
-
-
-def distributed_world_size() -> int:
-    """Number of training processes (1 outside torchrun)."""
-    return torch.distributed.get_world_size() if distributed.is_distributed() else 1
 
 
 def _describe_batch(batch: Any) -> str:
