@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvkit.data.records import Records, Sample, read_image
+from cvkit.data.records import Records, Sample, read_image, read_image_size
 from cvkit.errors import DatasetError
 from cvkit.logs import get_logger
 
@@ -203,11 +203,8 @@ def _image_problems(sample: Sample, decode: bool) -> list[Problem]:
             if decode:
                 height, width = read_image(sample.path).shape[:2]
             else:
-                from PIL import Image
-
-                with Image.open(sample.path) as image:
-                    width, height = image.size
-        except (DatasetError, OSError) as exc:
+                height, width = read_image_size(sample.path)
+        except DatasetError as exc:
             return [Problem(ERROR, "unreadable image", file, str(exc), sample.image_id)]
     problems = []
     if (height, width) != (sample.height, sample.width):

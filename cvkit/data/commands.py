@@ -21,8 +21,9 @@ def check(args: argparse.Namespace) -> int:
         from cvkit.data.visualize import draw_sample, save_png
 
         out = Path(args.show_dir)
+        bad = report.bad_image_ids()
         for sample in records.samples[: args.show]:
-            if sample.image_id in report.bad_image_ids():
+            if sample.image_id in bad:
                 continue
             name = f"{Path(sample.file_name).stem}.png"
             save_png(draw_sample(sample, records.classes), out / name)
