@@ -15,13 +15,15 @@ and logs how many.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cvkit.data.formats.coco import load_coco_json, read_coco
+from cvkit.data.formats.detect import detect_format, load_records
 from cvkit.data.records import Records, Sample, read_image, read_image_size
 from cvkit.errors import DatasetError
 from cvkit.logs import get_logger
@@ -92,9 +94,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def coco_json_problems(json_path: Path) -> list[Problem]:
-    """Problems visible only in a COCO file's raw JSON (before ids become labels)."""
-    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+def coco_json_problems(json_path: Path, data: dict[str, Any] | None = None) -> list[Problem]:
+    """Problems visible only in a COCO file's raw JSON (before ids become labels).
+
+    ``data`` is the file as :func:`load_coco_json` already parsed it, if it was.
+    """
+    data = load_coco_json(json_path) if data is None else data
     name = str(json_path)
     problems = []
     ids = sorted(int(c["id"]) for c in data.get("categories", []))
@@ -271,6 +276,19 @@ def check_records(records: Records, decode: bool = True) -> CheckReport:
     return report
 
 
+def load_checked_records(
+    path: str | Path, images: str | Path | None = None, split: str | None = None
+) -> tuple[Records, list[Problem]]:
+    """The dataset named by ``path`` (any format) and, for COCO, :func:`coco_json_problems`.
+
+    A COCO file is parsed once for both.
+    """
+    if detect_format(path) != "coco":
+        return load_records(path, images, split), []
+    data = load_coco_json(Path(path))
+    return read_coco(path, images, data=data), coco_json_problems(Path(path), data)
+
+
 def check_dataset(
     path: str | Path,
     images: str | Path | None = None,
@@ -278,12 +296,10 @@ def check_dataset(
     decode: bool = True,
 ) -> tuple[CheckReport, Records]:
     """Read the dataset named by ``path`` (any format) and check it; see the module docstring."""
-    from cvkit.data.formats.detect import detect_format, load_records
-
-    records = load_records(path, images, split)
+    records, json_problems = load_checked_records(path, images, split)
     report = check_records(records, decode)
-    if detect_format(path) == "coco":
-        report.problems = coco_json_problems(Path(path)) + [
+    if records.category_ids is not None:  # COCO: its unknown category ids are named instead
+        report.problems = json_problems + [
             p for p in report.problems if p.kind != "label outside the class list"
         ]
     return report, records

@@ -146,9 +146,8 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
         ConfigError: ``split`` is not train/val or the task is not detect/segment.
         DatasetError: the dataset cannot be read or fails the check.
     """
-    from cvkit.data.check import coco_json_problems, validate_for_training
+    from cvkit.data.check import load_checked_records, validate_for_training
     from cvkit.data.formats.coco import read_coco
-    from cvkit.data.formats.detect import detect_format, load_records
     from cvkit.data.synthetic import annotation_path, synthetic_root
 
     if split not in ("train", "val"):
@@ -156,7 +155,6 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
     if task not in TASKS:
         raise ConfigError(f"task: cvkit.data builds datasets for {TASKS}, not {task!r}")
     source = data_cfg.train if split == "train" else data_cfg.val
-    extra = []
     if source.path is None:
         synthetic = data_cfg.synthetic
         root = synthetic_root(
@@ -169,10 +167,9 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
         records = read_coco(
             annotation_path(root, split), root / "images" / split, root / "semantic" / split
         )
+        extra = []
     else:
-        records = load_records(source.path, source.images, source.split or split)
-        if detect_format(source.path) == "coco":
-            extra = coco_json_problems(source.path)
+        records, extra = load_checked_records(source.path, source.images, source.split or split)
     records = validate_for_training(records, data_cfg.skip_invalid, extra)
     transform = build_transform(data_cfg, task, train=split == "train", seed=seed)
     return RecordsDataset(records, transform, task, data_cfg.instance_masks)

@@ -61,6 +61,7 @@ def read_coco(
     json_path: str | Path,
     images_dir: str | Path | None = None,
     semantic_dir: str | Path | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Records:
     """Read a COCO instances file into :class:`Records`.
 
@@ -69,6 +70,7 @@ def read_coco(
         images_dir: folder that ``file_name`` is relative to (default:
             :func:`default_images_dir`).
         semantic_dir: optional folder of semantic PNGs named ``<image stem>.png``.
+        data: the file as :func:`load_coco_json` already parsed it (saves reading it twice).
 
     Returns:
         Records whose ``category_ids[i]`` is the COCO id of label ``i``. Boxes are converted
@@ -81,7 +83,7 @@ def read_coco(
         DatasetError: the file is not a COCO file.
     """
     json_path = Path(json_path)
-    data = load_coco_json(json_path)
+    data = load_coco_json(json_path) if data is None else data
     images_dir = Path(images_dir) if images_dir is not None else default_images_dir(json_path)
     categories = sorted(data["categories"], key=lambda c: int(c["id"]))
     category_ids = [int(c["id"]) for c in categories]
