@@ -28,15 +28,18 @@ from torch.utils.data import Dataset
 
 from cvkit.data.records import Records, read_image
 from cvkit.errors import DatasetError
-from cvkit.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from cvkit.runtime.preprocess import normalize
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def to_tensor(image: np.ndarray) -> Tensor:
     """``uint8 [H, W, 3]`` RGB → ``float32 [3, H, W]`` normalized with the ImageNet mean/std."""
-    return torch.from_numpy(normalize(image[None], IMAGENET_MEAN, IMAGENET_STD)[0])
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (pixels - mean) / std
 
 
 def crop_square(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
