@@ -194,12 +194,12 @@ def _output_names(metadata: ModelMetadata) -> tuple[str, ...]:
 
 
 def _dynamic_axes(metadata: ModelMetadata) -> dict[str, dict[int, str]]:
+    # Segmenters take and return any height/width; everything else varies in batch only.
     spatial = metadata.task == "segment"
-    images = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
-    axes = {INPUT_NAME: images}
-    for name in _output_names(metadata):
-        axes[name] = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
-    return axes
+    names = (INPUT_NAME, *_output_names(metadata))
+    return {
+        name: {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"} for name in names
+    }
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
