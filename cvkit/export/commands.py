@@ -29,7 +29,7 @@ def export_checkpoint(
     model, checkpoint = load_model(weights)
     config = Config.model_validate(checkpoint["config"])
     options = options or config.export
-    metadata = metadata_from_config(config, list(checkpoint["classes"]), options.nms)
+    metadata = metadata_from_config(config, list(checkpoint["classes"]))
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
     return export_model(model, out, metadata, options)
 

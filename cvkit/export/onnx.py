@@ -137,10 +137,10 @@ class ExportResult:
     differences: dict[str, float]
 
 
-def metadata_from_config(config: Config, classes: list[str], nms: bool = True) -> ModelMetadata:
+def metadata_from_config(config: Config, classes: list[str]) -> ModelMetadata:
     """The metadata of a model trained with ``config``: task, classes, the eval preset
     (``data.image_size``, ``data.resize``, ``data.mean``/``data.std``), detection thresholds
-    (``eval:`` section)."""
+    (``eval:`` section). :func:`export_model` sets ``nms_in_graph`` from its options."""
     size = config.data.image_size
     # A model's own section (model.<name>, e.g. model.ssd) may cap the pairs entering NMS.
     own_section = getattr(config.model, config.model.name, None)
@@ -151,7 +151,7 @@ def metadata_from_config(config: Config, classes: list[str], nms: bool = True) -
         mean=tuple(config.data.mean),
         std=tuple(config.data.std),
         resize=config.data.resize,
-        nms_in_graph=nms and config.task == "detect",
+        nms_in_graph=config.task == "detect",
         score_threshold=config.eval.score_threshold,
         iou_threshold=config.eval.iou_threshold,
         max_det=config.eval.max_det,
