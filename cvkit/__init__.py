@@ -6,3 +6,16 @@ The top level imports no torch, so ``import cvkit`` is fast and the torch-free r
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "train"]
+
+# The Python API loads lazily: ``import cvkit`` stays torch-free and fast.
+_API = {"train": "cvkit.engine.api", "load": "cvkit.engine.api"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'cvkit' has no attribute {name!r}")

@@ -15,29 +15,15 @@ contract.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from cvkit.geometry import Geometry
 from cvkit.runtime.errors import InputError
 
 ImageSource = str | Path | np.ndarray
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one original image was placed into the network input.
-
-    Attributes:
-        orig_size: ``(h, w)`` of the original image.
-        scale: ``(sx, sy)``; ``offset``: ``(ox, oy)``; ``original = (input - offset) / scale``.
-    """
-
-    orig_size: tuple[int, int]
-    scale: tuple[float, float]
-    offset: tuple[float, float] = (0.0, 0.0)
 
 
 def read_image(source: ImageSource) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""Typed records that travel between cvkit's torch stages (data → models → engine → eval/export).
+
+- :class:`Target`: one training/validation sample's ground truth in network-input pixels, with
+  the :class:`~cvkit.geometry.Geometry` that maps it back to the original image.
+- :class:`ImageBatch`: a padded image batch with each image's own (unpadded) size.
+- :class:`Instances`: one image's detections (boxes, scores, labels, optional masks) — what a
+  detector returns per image in eval mode.
+- :class:`Candidates`: a detector's pre-NMS outputs for export (possibly per-class boxes).
+
+Boxes are always ``float32 (x1, y1, x2, y2)`` absolute pixels of the image they belong to.
+The torch-free twin of :class:`Instances` is :class:`cvkit.runtime.results.Detections`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from cvkit.geometry import Geometry
+
+
+@dataclass
+class Instances:
+    """Detections of one image.
+
+    Attributes:
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in pixels of an image of ``image_size``.
+        scores: ``float32 [N]``, highest first.
+        labels: ``int64 [N]`` class indices ``0..C-1``.
+        image_size: ``(h, w)`` of the image the pixels refer to.
+        masks: optional ``float32 [N, h, w]`` per-instance mask probabilities in that image
+            (or ``[N, m, m]`` at RoI resolution before paste-back), else None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    image_size: tuple[int, int]
+    masks: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __getitem__(self, index: Tensor | slice) -> Instances:
+        """The instances selected by a boolean mask, an index tensor or a slice."""
+        masks = None if self.masks is None else self.masks[index]
+        return Instances(
+            self.boxes[index], self.scores[index], self.labels[index], self.image_size, masks
+        )
+
+    def to(self, device: torch.device | str) -> Instances:
+        """A copy with every tensor on ``device``."""
+        return dataclasses.replace(
+            self,
+            **{
+                name: getattr(self, name).to(device)
+                for name in ("boxes", "scores", "labels", "masks")
+                if getattr(self, name) is not None
+            },
+        )
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], device: torch.device | str = "cpu") -> Instances:
+        """No detections."""
+        return cls(
+            torch.zeros((0, 4), device=device),
+            torch.zeros(0, device=device),
+            torch.zeros(0, dtype=torch.int64, device=device),
+            image_size,
+        )
+
+
+@dataclass
+class Target:
+    """Ground truth of one sample in network-input pixels.
+
+    Attributes:
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) input pixels.
+        labels: ``int64 [N]`` class indices ``0..C-1``.
+        geometry: how the original image was placed into the input
+            (``original = (input - offset) / scale``, original size).
+        image_id: the dataset's image id (-1 when unknown).
+        masks: optional ``uint8 [N, H, W]`` instance masks in input pixels.
+        semantic: optional ``int64 [H, W]`` class per pixel (255 = ignore).
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    geometry: Geometry
+    image_id: int = -1
+    masks: Tensor | None = None
+    semantic: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Target:
+        """A copy with every tensor on ``device``."""
+        return dataclasses.replace(
+            self,
+            **{
+                name: getattr(self, name).to(device, non_blocking=non_blocking)
+                for name in ("boxes", "labels", "masks", "semantic")
+                if getattr(self, name) is not None
+            },
+        )
+
+
+@dataclass
+class ImageBatch:
+    """Images of unequal sizes padded (bottom/right, zeros) into one tensor.
+
+    Attributes:
+        tensor: ``float32 [B, 3, H, W]`` normalized images; ``H`` and ``W`` are multiples of the
+            model's size divisibility.
+        image_sizes: ``(h, w)`` of each image's valid (unpadded) region.
+    """
+
+    tensor: Tensor
+    image_sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
+        """The batch on ``device``."""
+        return ImageBatch(self.tensor.to(device, non_blocking=non_blocking), self.image_sizes)
+
+
+class Candidates(NamedTuple):
+    """A detector's pre-NMS predictions for a batch (what export appends NMS to).
+
+    Attributes:
+        boxes: ``[B, N, 4]`` shared by all classes, or per-class ``[B, N, C, 4]``; xyxy input
+            pixels.
+        scores: ``[B, N, C]`` per-class probabilities in [0, 1] (no background column).
+        masks: optional mask logits ``[B, N, h, w]`` or per-class ``[B, N, C, h, w]``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    masks: Tensor | None = None
