@@ -1,9 +1,10 @@
 """``cvkit predict``: run a trained detector on image files, draw the detections, write JSON.
 
 The model call and the output are separate pieces. A *detector* is any callable that takes a
-list of RGB images (``uint8 [H, W, 3]``) and returns one :class:`Prediction` per image in
-original image pixels; :class:`CheckpointDetector` is the one for a ``.pt`` checkpoint (same
-pre-processing as validation: the config's ``letterbox``/``resize`` and normalization),
+list of RGB images (``uint8 [H, W, 3]``) and returns one
+:class:`~cvkit.runtime.results.Detections` per image in original image pixels;
+:class:`CheckpointDetector` is the one for a ``.pt`` checkpoint (same pre-processing as
+validation: the config's ``letterbox``/``resize`` and normalization),
 :class:`OnnxDetector` the one for an exported ``.onnx`` (the torch-free runtime).
 :class:`PredictionWriter` (drawing with :func:`cvkit.data.visualize.draw_detections`) works on
 predictions from any detector.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,13 @@ import numpy as np
 from cvkit.data.records import read_image
 from cvkit.data.visualize import draw_detections
 from cvkit.errors import DatasetError
+from cvkit.runtime.results import Detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SCORE_THRESHOLD = 0.3
 
 
-@dataclass
-class Prediction:
-    """The detections of one image.
-
-    Attributes:
-        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in original image pixels.
-        scores: ``float32 [N]``, highest first.
-        labels: ``int64 [N]`` class indices in ``0..C-1``.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    def above(self, score_threshold: float) -> Prediction:
-        """Only the detections scoring at least ``score_threshold``."""
-        keep = self.scores >= score_threshold
-        return Prediction(self.boxes[keep], self.scores[keep], self.labels[keep])
-
-
-Detector = Callable[[Sequence[np.ndarray]], list[Prediction]]
+Detector = Callable[[Sequence[np.ndarray]], list[Detections]]
 
 
 def list_images(sources: Iterable[str | Path]) -> list[Path]:
@@ -140,7 +121,7 @@ class CheckpointDetector(CheckpointModel):
         batch_size: images per forward pass.
     """
 
-    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         from cvkit.engine.tasks.detect import to_original_pixels
 
         outputs, fitted = self._forward(images)
@@ -152,11 +133,14 @@ class CheckpointDetector(CheckpointModel):
                 "orig_size": image.shape[:2],
             }
             mapped = to_original_pixels(output, geometry)
+            labels = mapped["labels"].numpy().astype(np.int64)
             predictions.append(
-                Prediction(
+                Detections(
                     mapped["boxes"].numpy(),
                     mapped["scores"].numpy(),
-                    mapped["labels"].numpy().astype(np.int64),
+                    labels,
+                    [self.classes[label] for label in labels],
+                    orig_size=image.shape[:2],
                 )
             )
         return predictions
@@ -178,15 +162,12 @@ class OnnxDetector:
         self.classes: list[str] = list(self.runtime.classes)
         self.batch_size = self.runtime.batch_size
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
-        return [
-            Prediction(found.boxes, found.scores, found.labels)
-            for found in self.runtime.predict(list(images))
-        ]
+        return self.runtime.predict(list(images))
 
 
-def prediction_record(path: Path, prediction: Prediction, classes: Sequence[str]) -> dict[str, Any]:
+def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
     """One image's entry of ``predictions.json``."""
     return {
         "image": str(path),
@@ -250,7 +231,7 @@ class PredictionWriter(OutputFolder):
         classes: class names, indexed by label.
     """
 
-    def add(self, path: Path, image: np.ndarray, prediction: Prediction) -> Path:
+    def add(self, path: Path, image: np.ndarray, prediction: Detections) -> Path:
         """Draw one image's detections to a PNG and record them; returns the PNG's path."""
         drawing = self.out / f"{self._unique_stem(path)}.png"
         drawn = draw_detections(

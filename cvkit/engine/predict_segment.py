@@ -20,11 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvkit.data.visualize import COLOURS
 from cvkit.engine.predict import CheckpointModel, OutputFolder, predict_images
+from cvkit.runtime.results import overlay_mask
 
 Segmenter = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
-OVERLAY_ALPHA = 0.5
 
 
 def weights_task(path: str | Path) -> str:
@@ -87,22 +86,6 @@ class OnnxSegmenter:
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Class masks ``int64 [H, W]`` of each RGB image ``uint8 [H, W, 3]``, at its size."""
         return [found.mask for found in self.runtime.predict(list(images))]
-
-
-def class_colour(label: int) -> np.ndarray:
-    """RGB ``uint8 [3]`` of class ``label``; class 0 (background) is black and never drawn."""
-    if label == 0:
-        return np.zeros(3, np.uint8)
-    return COLOURS[(label - 1) % len(COLOURS)]
-
-
-def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """``image`` (``uint8 [H, W, 3]`` RGB) with every pixel of class ``c > 0`` blended with
-    :func:`class_colour` ``(c)`` at ``alpha``; background pixels stay as they are."""
-    palette = np.stack([class_colour(label) for label in range(int(mask.max()) + 1)])
-    coloured = palette[mask].astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * coloured
-    return np.where((mask > 0)[..., None], blended, image).round().astype(np.uint8)
 
 
 class MaskWriter(OutputFolder):

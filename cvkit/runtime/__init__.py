@@ -8,8 +8,8 @@ from the file's metadata. See :mod:`cvkit.runtime.session` for the ``providers``
 
 from cvkit.runtime.errors import InputError, ModelFileError, ProviderError
 from cvkit.runtime.metadata import ModelMetadata
-from cvkit.runtime.postprocess import Classification, Detections, Segmentation
 from cvkit.runtime.predictors import Classifier, Detector, Predictor, Segmenter
+from cvkit.runtime.results import Classification, Detections, Result, Segmentation
 from cvkit.runtime.session import OnnxModel
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "OnnxModel",
     "Predictor",
     "ProviderError",
+    "Result",
     "Segmentation",
     "Segmenter",
 ]

@@ -9,57 +9,12 @@ real. Detectors exported with ``--no-nms`` return candidates ``boxes [B, N, 4]``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
 from cvkit.runtime.ops_np import batched_nms
 from cvkit.runtime.preprocess import Geometry
-
-
-@dataclass
-class Detections:
-    """Detections of one image, in its original pixels.
-
-    Attributes:
-        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in original image pixels.
-        scores: ``float32 [N]``, highest first.
-        labels: ``int64 [N]`` class indices in ``0..C-1``.
-        names: class name of each detection.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-
-    def to_dict(self) -> dict[str, list]:
-        """JSON-ready lists: ``boxes``, ``scores``, ``labels``, ``names``."""
-        return {
-            "boxes": self.boxes.tolist(),
-            "scores": self.scores.tolist(),
-            "labels": self.labels.tolist(),
-            "names": list(self.names),
-        }
-
-
-@dataclass
-class Classification:
-    """Class probabilities of one image: ``probabilities float32 [C]``, the top class first."""
-
-    probabilities: np.ndarray
-    label: int
-    score: float
-    name: str
-
-
-@dataclass
-class Segmentation:
-    """Per-pixel classes of one image: ``mask int64 [h, w]`` at its original size."""
-
-    mask: np.ndarray
-    names: list[str]
+from cvkit.runtime.results import Classification, Segmentation
 
 
 def select_detections(
@@ -119,8 +74,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def classification(logits: np.ndarray, classes: tuple[str, ...]) -> Classification:
     """``logits [C]`` of one image → its :class:`Classification`."""
     probabilities = softmax(logits.astype(np.float32))
-    label = int(probabilities.argmax())
-    return Classification(probabilities, label, float(probabilities[label]), classes[label])
+    return Classification(probabilities, list(classes))
 
 
 def segmentation(logits: np.ndarray, geometry: Geometry, classes: tuple[str, ...]) -> Segmentation:

@@ -17,15 +17,13 @@ import numpy as np
 from cvkit.runtime.errors import InputError, ModelFileError
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.postprocess import (
-    Classification,
-    Detections,
-    Segmentation,
     boxes_to_original,
     classification,
     segmentation,
     select_detections,
 )
 from cvkit.runtime.preprocess import Geometry, ImageSource, preprocess, read_image
+from cvkit.runtime.results import Classification, Detections, Segmentation
 from cvkit.runtime.session import OnnxModel
 
 
@@ -148,13 +146,13 @@ class Detector(Predictor):
                     meta.max_det,
                     meta.topk_candidates,
                 )
-            names = [self.classes[label] for label in labels]
             results.append(
                 Detections(
                     boxes_to_original(boxes, geometry),
                     scores.astype(np.float32),
                     labels,
-                    names,
+                    [self.classes[label] for label in labels],
+                    orig_size=geometry.orig_size,
                 )
             )
         return results

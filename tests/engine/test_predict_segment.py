@@ -12,9 +12,10 @@ from cvkit.cli import main
 from cvkit.config import config_to_dict, load_config
 from cvkit.data.synthetic import render_sample
 from cvkit.engine.checkpoint import save_checkpoint
-from cvkit.engine.predict_segment import class_colour, overlay_mask, weights_task
+from cvkit.engine.predict_segment import weights_task
 from cvkit.export.commands import export_checkpoint
 from cvkit.models.build import build_model
+from cvkit.runtime.results import class_colour, overlay_mask
 
 torch.set_num_threads(2)
 CLASSES = ["background", "circle", "rectangle", "triangle"]
