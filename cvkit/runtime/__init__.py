@@ -8,7 +8,14 @@ from the file's metadata. See :mod:`cvkit.runtime.session` for the ``providers``
 
 from cvkit.runtime.errors import InputError, ModelFileError, ProviderError
 from cvkit.runtime.metadata import ModelMetadata
-from cvkit.runtime.predictors import Classifier, Detector, Predictor, Segmenter
+from cvkit.runtime.predictors import (
+    Classifier,
+    Detector,
+    Predictor,
+    Segmenter,
+    load_predictor,
+    register_predictor,
+)
 from cvkit.runtime.results import Classification, Detections, Result, Segmentation
 from cvkit.runtime.session import OnnxModel
 
@@ -26,4 +33,6 @@ __all__ = [
     "Result",
     "Segmentation",
     "Segmenter",
+    "load_predictor",
+    "register_predictor",
 ]

@@ -16,7 +16,6 @@ from typing import Any
 
 from cvkit.runtime.errors import ModelFileError
 
-TASKS = ("detect", "classify", "segment")
 RESIZE_POLICIES = ("letterbox", "resize")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +26,9 @@ class ModelMetadata:
     """What an exported model needs around its graph.
 
     Attributes:
-        task: ``detect``, ``classify`` or ``segment``.
+        task: the name of the runtime predictor that reads the file (``detect``,
+            ``classify``, ``segment`` or any name given to
+            :func:`cvkit.runtime.predictors.register_predictor`).
         classes: class names; output index ``i`` is ``classes[i]``.
         input_size: ``(height, width)`` of the network input in pixels.
         mean, std: per-channel RGB normalization on the 0..1 scale:
@@ -62,8 +63,13 @@ class ModelMetadata:
     cvkit_version: str = field(default="")
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ModelFileError(f"metadata 'task': expected one of {TASKS}, got {self.task!r}")
+        from cvkit.runtime.predictors import registered_tasks
+
+        if self.task not in registered_tasks():
+            raise ModelFileError(
+                f"metadata 'task': no runtime predictor for task {self.task!r}; "
+                f"known tasks: {', '.join(registered_tasks())}"
+            )
         if self.resize not in RESIZE_POLICIES:
             raise ModelFileError(
                 f"metadata 'resize': expected one of {RESIZE_POLICIES}, got {self.resize!r}"

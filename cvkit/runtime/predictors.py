@@ -8,7 +8,7 @@ returns a list. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,35 @@ from cvkit.runtime.postprocess import (
 from cvkit.runtime.preprocess import Geometry, ImageSource, preprocess, read_image
 from cvkit.runtime.results import Classification, Detections, Segmentation
 from cvkit.runtime.session import OnnxModel
+
+_PREDICTORS: dict[str, type[Predictor]] = {}
+
+
+def register_predictor(name: str) -> Callable[[type[Predictor]], type[Predictor]]:
+    """Class decorator registering a :class:`Predictor` subclass as the runtime of the files
+    whose metadata ``task`` is ``name``."""
+
+    def decorate(cls: type[Predictor]) -> type[Predictor]:
+        cls.task = name
+        _PREDICTORS[name] = cls
+        return cls
+
+    return decorate
+
+
+def registered_tasks() -> tuple[str, ...]:
+    """The task names that have a runtime predictor, sorted."""
+    return tuple(sorted(_PREDICTORS))
+
+
+def load_predictor(path: str | Path, providers: str | Sequence[str] = "auto", **options: Any):
+    """The registered predictor for the task in ``path``'s metadata, opened on ``path``.
+
+    Raises:
+        ModelFileError: unreadable file, or a task no predictor is registered for.
+    """
+    task = OnnxModel(path, "cpu").metadata.task
+    return _PREDICTORS[task](path, providers, **options)
 
 
 class Predictor:
@@ -117,14 +146,13 @@ class Predictor:
         raise NotImplementedError
 
 
+@register_predictor("detect")
 class Detector(Predictor):
     """Object detector: ``predict`` returns :class:`Detections` in original image pixels.
 
     Uses the graph's NMS when it has one, else applies score threshold, class-aware NMS and
     ``max_det`` from the metadata in numpy.
     """
-
-    task = "detect"
 
     def _postprocess(
         self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
@@ -158,10 +186,9 @@ class Detector(Predictor):
         return results
 
 
+@register_predictor("classify")
 class Classifier(Predictor):
     """Image classifier: ``predict`` returns :class:`Classification` (softmax of the logits)."""
-
-    task = "classify"
 
     def _postprocess(
         self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
@@ -170,10 +197,9 @@ class Classifier(Predictor):
         return [classification(logits[i], self.classes) for i in range(len(geometries))]
 
 
+@register_predictor("segment")
 class Segmenter(Predictor):
     """Semantic segmenter: ``predict`` returns :class:`Segmentation` at the original size."""
-
-    task = "segment"
 
     def _postprocess(
         self, outputs: dict[str, np.ndarray], geometries: list[Geometry]
