@@ -23,7 +23,7 @@ import numpy as np
 from cvkit.data.records import read_image
 from cvkit.data.visualize import draw_detections
 from cvkit.errors import DatasetError
-from cvkit.runtime.results import Detections
+from cvkit.runtime.results import Classification, Detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -167,6 +167,76 @@ class OnnxDetector:
         return self.runtime.predict(list(images))
 
 
+class CheckpointClassifier:
+    """A trained cvkit classifier (``.pt`` checkpoint): one
+    :class:`~cvkit.runtime.results.Classification` per RGB image ``uint8 [H, W, 3]``.
+
+    Pre-processing is the exported runtime's (:func:`cvkit.runtime.preprocess.preprocess` with
+    the config's ``data.image_size``, ``data.resize`` and ``data.mean``/``data.std``), so a
+    checkpoint and its ``.onnx`` see the same input.
+
+    Args:
+        weights: checkpoint written by ``cvkit train``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, weights: str | Path, device: str = "auto", batch_size: int = 8) -> None:
+        import torch
+
+        from cvkit.config import Config
+        from cvkit.engine.checkpoint import load_model
+        from cvkit.engine.environment import select_device
+
+        self._torch = torch
+        self.device = select_device(device)
+        self.model, checkpoint = load_model(weights, self.device)
+        self.config = Config.model_validate(checkpoint["config"])
+        self.classes: list[str] = list(checkpoint["classes"])
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Classification]:
+        """Softmax probabilities ``float32 [C]`` of each image, as a Classification."""
+        from cvkit.runtime.postprocess import classification
+        from cvkit.runtime.preprocess import preprocess
+
+        data = self.config.data
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            batch, _ = preprocess(
+                images[start : start + self.batch_size],
+                (data.image_size, data.image_size),
+                data.resize,
+                data.mean,
+                data.std,
+            )
+            with self._torch.no_grad():
+                logits = self.model(self._torch.from_numpy(batch).to(self.device))
+            logits = logits.float().cpu().numpy()
+            results += [classification(row, tuple(self.classes)) for row in logits]
+        return results
+
+
+class OnnxClassifier:
+    """An exported ``.onnx`` classifier run by the torch-free runtime.
+
+    Args:
+        path: file written by ``cvkit export``.
+        providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
+    """
+
+    def __init__(self, path: str | Path, providers: str = "auto") -> None:
+        from cvkit.runtime import Classifier
+
+        self.runtime = Classifier(path, providers)
+        self.classes: list[str] = list(self.runtime.classes)
+        self.batch_size = self.runtime.batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Classification]:
+        """The Classification of each RGB image ``uint8 [H, W, 3]``."""
+        return self.runtime.predict(list(images))
+
+
 def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
     """One image's entry of ``predictions.json``."""
     return {
@@ -242,6 +312,34 @@ class PredictionWriter(OutputFolder):
         return drawing
 
 
+class ResultWriter(OutputFolder):
+    """Writes ``<out>/<image stem>.png`` (:meth:`Result.draw`) per image and one
+    ``predictions.json``: ``[{"image": path, **result.to_dict()}, ...]``."""
+
+    def add(self, path: Path, image: np.ndarray, result: Any) -> Path:
+        """Save one image's drawing and record its result; returns the PNG's path."""
+        drawing = result.save(self.out / f"{self._unique_stem(path)}.png", image)
+        self.records.append({"image": str(path), **result.to_dict()})
+        return drawing
+
+
+def predict_classes(paths: Sequence[Path], weights: str | Path, out: str | Path) -> Path:
+    """Classify ``paths`` with ``weights`` (``.pt`` or ``.onnx``) and write them to ``out``.
+
+    Returns the ``predictions.json`` path.
+    """
+    if Path(weights).suffix.lower() == ".onnx":
+        model: CheckpointClassifier | OnnxClassifier = OnnxClassifier(weights)
+    else:
+        model = CheckpointClassifier(weights)
+    writer = ResultWriter(out, model.classes)
+    for path, image, result in predict_images(paths, model, model.batch_size):
+        writer.add(path, image, result)
+    json_path = writer.finish()
+    print(f"{len(paths)} images classified; drawings and JSON in {json_path.parent}")
+    return json_path
+
+
 def predict_images(
     paths: Sequence[Path], model: Callable[[Sequence[np.ndarray]], list[Any]], batch_size: int
 ) -> Iterator[tuple[Path, np.ndarray, Any]]:
@@ -261,8 +359,11 @@ def run_predict(args: Any) -> int:
     paths = list_images(args.source)
     from cvkit.engine.predict_segment import predict_segments, weights_task
 
-    if weights_task(args.weights) == "segment":
-        predict_segments(paths, args.weights, args.out)
+    # Tasks whose predictions are not boxes write their own kind of output folder.
+    writers = {"segment": predict_segments, "classify": predict_classes}
+    task = weights_task(args.weights)
+    if task in writers:
+        writers[task](paths, args.weights, args.out)
         return 0
     if Path(args.weights).suffix.lower() == ".onnx":
         detector: CheckpointDetector | OnnxDetector = OnnxDetector(args.weights)

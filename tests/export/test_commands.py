@@ -100,3 +100,27 @@ def test_predict_gives_the_same_detections_for_pt_and_onnx(tmp_path, capsys):
         for a, b in zip(pt["detections"], onnx["detections"], strict=True):
             assert abs(a["score"] - b["score"]) <= 1e-4
             assert np.abs(np.array(a["box"]) - np.array(b["box"])).max() <= 0.02
+
+
+def test_classifier_predict_agrees_for_pt_and_onnx(tmp_path, capsys):
+    """``cvkit predict`` on a classifier: same top class and probabilities within 1e-4."""
+    _, weights = _classifier_checkpoint(tmp_path)
+    assert main(["export", "--weights", str(weights)]) == 0
+    rng = np.random.default_rng(0)
+    sources = []
+    for index, shape in enumerate([(32, 32, 3), (40, 70, 3), (90, 30, 3)]):
+        sources.append(str(tmp_path / f"image{index}.png"))
+        cv2.imwrite(sources[-1], rng.integers(0, 256, shape, np.uint8))
+    results = {}
+    for suffix in ("pt", "onnx"):
+        out = tmp_path / f"predict_{suffix}"
+        args = ["predict", *sources, "--weights", str(tmp_path / f"best.{suffix}")]
+        assert main([*args, "--out", str(out)]) == 0
+        results[suffix] = json.loads((out / "predictions.json").read_text())
+    capsys.readouterr()
+    assert len(results["pt"]) == len(results["onnx"]) == 3
+    for pt, onnx in zip(results["pt"], results["onnx"], strict=True):
+        assert pt["class"] == onnx["class"] and pt["class"] in CLASSES
+        assert sum(pt["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        for name in CLASSES:
+            assert abs(pt["probabilities"][name] - onnx["probabilities"][name]) <= 1e-4
