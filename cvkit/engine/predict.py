@@ -5,7 +5,7 @@ list of RGB images (``uint8 [H, W, 3]``) and returns one
 :class:`~cvkit.runtime.results.Detections` per image in original image pixels;
 :class:`CheckpointDetector` is the one for a ``.pt`` checkpoint (same pre-processing as
 validation: the config's ``letterbox``/``resize`` and normalization),
-:class:`OnnxDetector` the one for an exported ``.onnx`` (the torch-free runtime).
+:class:`OnnxPredictor` the one for an exported ``.onnx`` (the torch-free runtime).
 :class:`PredictionWriter` (drawing with :func:`cvkit.data.visualize.draw_detections`) works on
 predictions from any detector.
 """
@@ -146,9 +146,9 @@ class CheckpointDetector(CheckpointModel):
         return predictions
 
 
-class OnnxDetector:
-    """An exported ``.onnx`` detector, run by the torch-free :mod:`cvkit.runtime`, as a
-    :data:`Detector`; pre-processing and thresholds come from the file's metadata.
+class OnnxPredictor:
+    """An exported ``.onnx`` model run by the torch-free :mod:`cvkit.runtime` predictor its
+    metadata's task names; pre-processing and thresholds come from the file's metadata.
 
     Args:
         path: file written by ``cvkit export``.
@@ -156,14 +156,14 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, providers: str = "auto") -> None:
-        from cvkit.runtime import Detector as RuntimeDetector
+        from cvkit.runtime import load_predictor
 
-        self.runtime = RuntimeDetector(path, providers)
+        self.runtime = load_predictor(path, providers)
         self.classes: list[str] = list(self.runtime.classes)
         self.batch_size = self.runtime.batch_size
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The runtime result of each RGB image ``uint8 [H, W, 3]``, in its original pixels."""
         return self.runtime.predict(list(images))
 
 
@@ -215,26 +215,6 @@ class CheckpointClassifier:
             logits = logits.float().cpu().numpy()
             results += [classification(row, tuple(self.classes)) for row in logits]
         return results
-
-
-class OnnxClassifier:
-    """An exported ``.onnx`` classifier run by the torch-free runtime.
-
-    Args:
-        path: file written by ``cvkit export``.
-        providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
-    """
-
-    def __init__(self, path: str | Path, providers: str = "auto") -> None:
-        from cvkit.runtime import Classifier
-
-        self.runtime = Classifier(path, providers)
-        self.classes: list[str] = list(self.runtime.classes)
-        self.batch_size = self.runtime.batch_size
-
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Classification]:
-        """The Classification of each RGB image ``uint8 [H, W, 3]``."""
-        return self.runtime.predict(list(images))
 
 
 def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
@@ -329,7 +309,7 @@ def predict_classes(paths: Sequence[Path], weights: str | Path, out: str | Path)
     Returns the ``predictions.json`` path.
     """
     if Path(weights).suffix.lower() == ".onnx":
-        model: CheckpointClassifier | OnnxClassifier = OnnxClassifier(weights)
+        model: CheckpointClassifier | OnnxPredictor = OnnxPredictor(weights)
     else:
         model = CheckpointClassifier(weights)
     writer = ResultWriter(out, model.classes)
@@ -366,7 +346,7 @@ def run_predict(args: Any) -> int:
         writers[task](paths, args.weights, args.out)
         return 0
     if Path(args.weights).suffix.lower() == ".onnx":
-        detector: CheckpointDetector | OnnxDetector = OnnxDetector(args.weights)
+        detector: CheckpointDetector | OnnxPredictor = OnnxPredictor(args.weights)
     else:
         detector = CheckpointDetector(args.weights)
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
