@@ -32,16 +32,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import Config
+from cvkit.config.schema import BUILTIN_TASKS
 from cvkit.errors import ConfigError, NotBuiltError
 from cvkit.logs import get_logger
 
 Batch = Any
 _REGISTRY: dict[str, type[Task]] = {}
-_BUILTIN = {
-    "detect": "cvkit.engine.tasks.detect",
-    "segment": "cvkit.engine.tasks.segment",
-    "classify": "cvkit.engine.tasks.classify",
-}
+_BUILTIN = BUILTIN_TASKS
 
 
 class Task:
