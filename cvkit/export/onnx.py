@@ -33,7 +33,7 @@ from cvkit.config import Config
 from cvkit.config.export import ExportConfig
 from cvkit.errors import ExportError
 from cvkit.logs import get_logger
-from cvkit.ops.nms import batched_nms_padded
+from cvkit.ops.nms import padded_nms
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.session import OnnxModel
 
@@ -57,21 +57,25 @@ class DetectorGraph(nn.Module):
     Args:
         model: a detector implementing ``candidates(images) -> (boxes [B, N, 4],
             scores [B, N, C])``.
-        nms: append the selection above; without it the graph returns the candidates.
+        nms: the padded NMS method appended (``"hard"``, ``"soft"``, ``"diou"``, see
+            :func:`cvkit.ops.nms.padded_nms`; ``True`` means hard); false: the graph
+            returns the candidates.
         score_threshold, iou_threshold, max_det, topk_candidates: selection settings
             (``topk_candidates`` None: all pairs).
         half: run ``model`` in float16 (inputs and outputs stay float32).
+        soft_sigma: gaussian width for ``nms="soft"``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        nms: bool,
+        nms: str | bool,
         score_threshold: float,
         iou_threshold: float,
         max_det: int,
         topk_candidates: int | None = None,
         half: bool = False,
+        soft_sigma: float = 0.5,
     ) -> None:
         super().__init__()
         self.model = model
@@ -81,6 +85,7 @@ class DetectorGraph(nn.Module):
         self.max_det = max_det
         self.topk_candidates = topk_candidates
         self.half = half
+        self.soft_sigma = soft_sigma
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """``images [B, 3, H, W]`` → the outputs listed in the module docstring."""
@@ -91,8 +96,15 @@ class DetectorGraph(nn.Module):
         num_pairs = scores.shape[1] * scores.shape[2]
         if self.topk_candidates is not None and self.topk_candidates < num_pairs:
             boxes, scores = self._top_pairs(boxes, scores, self.topk_candidates)
-        return batched_nms_padded(
-            boxes, scores, self.iou_threshold, self.score_threshold, self.max_det
+        method = "hard" if self.nms is True else self.nms
+        return padded_nms(
+            method,
+            boxes,
+            scores,
+            self.iou_threshold,
+            self.score_threshold,
+            self.max_det,
+            self.soft_sigma,
         )
 
     @staticmethod
@@ -183,6 +195,7 @@ def build_graph(model: nn.Module, metadata: ModelMetadata, options: ExportConfig
             metadata.max_det,
             metadata.topk_candidates,
             options.half,
+            options.soft_sigma,
         ).eval()
     return LogitsGraph(model, options.half).eval()
 

@@ -1,9 +1,10 @@
 """Overlap measures between boxes (IoU, GIoU, DIoU, CIoU), their losses, and mask IoU.
 
-Pairwise forms take ``boxes1 (Tensor[N, 4])`` and ``boxes2 (Tensor[M, 4])`` and return
-``Tensor[N, M]``; aligned forms take two ``Tensor[..., 4]`` of the same shape and return
+Pairwise forms take ``boxes1 (Tensor[..., N, 4])`` and ``boxes2 (Tensor[..., M, 4])`` and return
+``Tensor[..., N, M]``; aligned forms take two ``Tensor[..., 4]`` of the same shape and return
 ``Tensor[...]`` (box ``i`` against box ``i``). Boxes are ``(x1, y1, x2, y2)``. Half-precision
-boxes are computed in float32. Two zero-area boxes have IoU 0 / 0 = NaN, as in torchvision.
+and integer boxes are computed in float32 (the results are float, as in torchvision). Two
+zero-area boxes have IoU 0 / 0 = NaN, as in torchvision.
 
 :func:`box_iou` on the CPU works on row blocks that stay in cache and reuses two scratch
 buffers with in-place ops, which makes it several times faster than the textbook broadcast
@@ -18,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from cvkit.ops.boxes import BoxError, box_area, check_boxes
+from cvkit.ops.boxes import BoxError, BoxShapeError, box_area, box_convert, check_boxes
 
 # Elements of one [rows, M] block on the CPU. Below torch's parallel grain size (32768) every op
 # runs on the calling thread: no thread barriers, which on a busy, shared CPU cost milliseconds
@@ -29,18 +30,23 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 def _upcast(boxes: Tensor) -> Tensor:
-    return boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
+    return boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
 
 
 def _pair_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    check_boxes(boxes1, "boxes1")
-    check_boxes(boxes2, "boxes2")
-    if boxes1.ndim != 2 or boxes2.ndim != 2:
-        raise BoxError(
-            f"pairwise IoU needs boxes1 [N, 4] and boxes2 [M, 4], got "
+    check_boxes(boxes1, "boxes1", integer=True)
+    check_boxes(boxes2, "boxes2", integer=True)
+    if boxes1.ndim < 2 or boxes2.ndim < 2:
+        raise BoxShapeError(
+            f"pairwise IoU needs boxes1 [..., N, 4] and boxes2 [..., M, 4], got "
             f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
         )
     return _upcast(boxes1), _upcast(boxes2)
+
+
+def _pairs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """``boxes1 [..., N, 1, 4]`` and ``boxes2 [..., 1, M, 4]``, which broadcast to all pairs."""
+    return boxes1[..., :, None, :], boxes2[..., None, :, :]
 
 
 def _inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,19 +97,29 @@ def _box_iou_blocked(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return out
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Pairwise intersection over union.
 
     Args:
-        boxes1 (Tensor[N, 4]): ``(x1, y1, x2, y2)``.
-        boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)``.
+        boxes1 (Tensor[..., N, 4]): float or integer boxes in ``fmt``.
+        boxes2 (Tensor[..., M, 4]): float or integer boxes in ``fmt``.
+        fmt: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
 
     Returns:
-        Tensor[N, M]: IoU of every pair, in [0, 1] for valid boxes.
+        Tensor[..., N, M]: IoU of every pair, in [0, 1] for valid boxes.
     """
+    if fmt != "xyxy":
+        boxes1 = box_convert(boxes1, fmt, "xyxy")
+        boxes2 = box_convert(boxes2, fmt, "xyxy")
     boxes1, boxes2 = _pair_inputs(boxes1, boxes2)
-    if boxes1.requires_grad or boxes2.requires_grad or torch.jit.is_tracing():
-        inter, union = _inter_union(boxes1[:, None, :], boxes2[None, :, :])
+    if (
+        boxes1.ndim > 2
+        or boxes2.ndim > 2
+        or boxes1.requires_grad
+        or boxes2.requires_grad
+        or torch.jit.is_tracing()
+    ):
+        inter, union = _inter_union(*_pairs(boxes1, boxes2))
         return inter / union
     return _box_iou_blocked(boxes1, boxes2)
 
@@ -150,48 +166,48 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise generalized IoU: IoU minus the enclosing box's share not covered by the union.
 
     Args:
-        boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)``.
+        boxes1 (Tensor[..., N, 4]), boxes2 (Tensor[..., M, 4]): float or integer
+            ``(x1, y1, x2, y2)``.
 
     Returns:
-        Tensor[N, M]: GIoU in [-1, 1].
+        Tensor[..., N, M]: GIoU in [-1, 1].
     """
-    boxes1, boxes2 = _pair_inputs(boxes1, boxes2)
-    return _giou(boxes1[:, None, :], boxes2[None, :, :])[0]
+    return _giou(*_pairs(*_pair_inputs(boxes1, boxes2)))[0]
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """Pairwise distance IoU: IoU minus squared centre distance over squared enclosing diagonal.
 
     Args:
-        boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)``.
+        boxes1 (Tensor[..., N, 4]), boxes2 (Tensor[..., M, 4]): float or integer
+            ``(x1, y1, x2, y2)``.
         eps: added to the squared diagonal to avoid 0 / 0.
 
     Returns:
-        Tensor[N, M]: DIoU in [-1, 1].
+        Tensor[..., N, M]: DIoU in [-1, 1].
     """
-    boxes1, boxes2 = _pair_inputs(boxes1, boxes2)
-    return _diou(boxes1[:, None, :], boxes2[None, :, :], eps)[0]
+    return _diou(*_pairs(*_pair_inputs(boxes1, boxes2)), eps)[0]
 
 
 def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """Pairwise complete IoU: DIoU minus an aspect-ratio consistency term ``alpha * v``.
 
     Args:
-        boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)``.
+        boxes1 (Tensor[..., N, 4]), boxes2 (Tensor[..., M, 4]): float or integer
+            ``(x1, y1, x2, y2)``.
         eps: stabilizes the divisions.
 
     Returns:
-        Tensor[N, M]: CIoU.
+        Tensor[..., N, M]: CIoU.
     """
-    boxes1, boxes2 = _pair_inputs(boxes1, boxes2)
-    return _ciou(boxes1[:, None, :], boxes2[None, :, :], eps)[0]
+    return _ciou(*_pairs(*_pair_inputs(boxes1, boxes2)), eps)[0]
 
 
 def _aligned_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    check_boxes(boxes1, "boxes1")
-    check_boxes(boxes2, "boxes2")
+    check_boxes(boxes1, "boxes1", integer=True)
+    check_boxes(boxes2, "boxes2", integer=True)
     if boxes1.shape != boxes2.shape:
-        raise BoxError(
+        raise BoxShapeError(
             f"aligned IoU needs boxes of the same shape, got {tuple(boxes1.shape)} "
             f"and {tuple(boxes2.shape)}"
         )
@@ -283,3 +299,8 @@ def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
     inter = flat1 @ flat2.t()
     union = flat1.sum(1)[:, None] + flat2.sum(1)[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+generalized_box_iou_loss = giou_loss
+distance_box_iou_loss = diou_loss
+complete_box_iou_loss = ciou_loss

@@ -29,8 +29,8 @@ import torch
 import torchvision
 from torch import Tensor
 
-from cvkit.ops.boxes import BoxError, box_area, check_boxes
-from cvkit.ops.iou import CPU_BLOCK_ELEMENTS, _box_iou_blocked, _diou, _iou_into
+from cvkit.ops.boxes import BoxError, BoxShapeError, box_area, check_boxes
+from cvkit.ops.iou import CPU_BLOCK_ELEMENTS, _box_iou_blocked, _diou, _inter_union, _iou_into
 
 _MAX_SWEEPS = 32
 # Relative slack on the band bound: far above float rounding of IoU (a few 1e-7 in float32).
@@ -42,9 +42,9 @@ _SCORE_LAYOUTS = ("bnc", "bcn")
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
     check_boxes(boxes)
     if boxes.ndim != 2:
-        raise BoxError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
+        raise BoxShapeError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
-        raise BoxError(
+        raise BoxShapeError(
             f"scores must have shape [N] matching boxes [N, 4], got scores "
             f"{tuple(scores.shape)} and boxes {tuple(boxes.shape)}"
         )
@@ -270,7 +270,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 def _check_idxs(idxs: Tensor, boxes: Tensor) -> None:
     if idxs.shape != boxes.shape[:1]:
-        raise BoxError(
+        raise BoxShapeError(
             f"idxs must have shape [N] matching boxes, got {tuple(idxs.shape)} "
             f"and boxes {tuple(boxes.shape)}"
         )
@@ -508,6 +508,14 @@ def batched_nms_padded(
         (image_idx, class_idx * num_boxes + box_idx), scores_bcn[image_idx, class_idx, box_idx]
     )
     top_scores, top_idx = flat.topk(max_detections, dim=1)
+    return _padded_outputs(boxes, top_scores, top_idx, num_boxes)
+
+
+def _padded_outputs(
+    boxes: Tensor, top_scores: Tensor, top_idx: Tensor, num_boxes: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Padded detections from the picked ``class * N + box`` indices ``top_idx [B, K]``;
+    a pick with a non-finite score is padding (zero box and score, label -1)."""
     valid = torch.isfinite(top_scores)
     labels = torch.div(top_idx, num_boxes, rounding_mode="floor")
     box_index = top_idx - labels * num_boxes
@@ -516,3 +524,175 @@ def batched_nms_padded(
     out_scores = torch.where(valid, top_scores, torch.zeros_like(top_scores))
     out_labels = torch.where(valid, labels, torch.full_like(labels, -1))
     return out_boxes, out_scores, out_labels, valid.sum(1)
+
+
+PADDED_NMS_METHODS = ("hard", "soft", "diou")
+
+
+def _check_padded_inputs(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, max_detections: int
+) -> None:
+    check_boxes(boxes)
+    if boxes.ndim != 3 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
+        raise BoxShapeError(
+            f"padded NMS needs boxes [B, N, 4] and scores [B, N, C], got "
+            f"{tuple(boxes.shape)} and {tuple(scores.shape)}"
+        )
+    if max_detections < 1:
+        raise BoxError(f"max_detections must be >= 1, got {max_detections}")
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+
+
+def _iterative_padded_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    score_threshold: float,
+    max_detections: int,
+    overlap: Tensor,
+    step,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``max_detections`` rounds of "pick the best live (box, class) pair, update its class".
+
+    Loop-free per round and the same number of rounds for every input, so tracing records the
+    whole selection (dynamic batch and number of boxes). Classes never interact: each round
+    changes only the picked pair's class row, so the picks of one class come in the order
+    the per-class eager algorithm takes them, and the global picks by decreasing score.
+
+    Args:
+        boxes (Tensor[B, N, 4]), scores (Tensor[B, N, C]): candidates (float).
+        score_threshold: a pair is live from the start only when its score is above it.
+        max_detections: K, the number of rounds and of outputs per image.
+        overlap (Tensor[B, N, N]): the box-to-box overlap the update reads.
+        step: ``step(current [B, C, N], alive [B, C, N] bool, row [B, 1, N], in_class
+            [B, C, 1] bool) -> (current, alive)`` applying one pick's update.
+
+    Returns:
+        As :func:`batched_nms_padded`.
+    """
+    num_boxes = boxes.shape[1]
+    current = scores.transpose(1, 2)
+    alive = current > score_threshold
+    classes = torch.arange(current.shape[1], device=boxes.device)[None, :, None]
+    positions = torch.arange(current.shape[1] * num_boxes, device=boxes.device)[None, :]
+    picked_scores, picked_index = [], []
+    for _ in range(max_detections):
+        best_score, best = current.masked_fill(~alive, -math.inf).flatten(1).max(dim=1)
+        picked_scores.append(best_score)
+        picked_index.append(best)
+        label = torch.div(best, num_boxes, rounding_mode="floor")
+        box = best - label * num_boxes
+        row = torch.gather(overlap, 1, box[:, None, None].expand(-1, 1, num_boxes))
+        in_class = classes == label[:, None, None]
+        alive = alive & (positions != best[:, None]).view_as(alive)
+        current, alive = step(current, alive, row, in_class)
+    top_scores, top_idx = torch.stack(picked_scores, 1), torch.stack(picked_index, 1)
+    return _padded_outputs(boxes, top_scores, top_idx, num_boxes)
+
+
+def soft_nms_padded(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+    sigma: float = 0.5,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Class-aware gaussian soft-NMS over a batch, fixed-shape and exportable.
+
+    Per image and class it equals :func:`soft_nms` (``method="gaussian"``, ``sigma``,
+    ``score_threshold``) on the boxes scoring above ``score_threshold``; the
+    ``max_detections`` best picks of all classes are returned, by decreasing decayed score.
+    Costs an ``[N, N]`` IoU matrix per image and ``max_detections`` rounds over ``[C, N]``.
+
+    Args:
+        boxes (Tensor[B, N, 4]): ``(x1, y1, x2, y2)`` candidates, shared by all classes.
+        scores (Tensor[B, N, C]): class scores, no background.
+        iou_threshold: checked to be in [0, 1]; the gaussian decay does not use it.
+        score_threshold: candidates must score above it; decayed below it, they drop out.
+        max_detections: K, detections kept per image.
+        sigma: gaussian width (> 0): a score is multiplied by ``exp(-IoU² / sigma)``.
+
+    Returns:
+        As :func:`batched_nms_padded`; ``scores`` are the decayed scores.
+    """
+    _check_padded_inputs(boxes, scores, iou_threshold, max_detections)
+    if not sigma > 0:
+        raise BoxError(f"soft-NMS sigma must be > 0, got {sigma}")
+    boxes, scores = _upcast_padded(boxes, scores)
+    inter, union = _inter_union(boxes[:, :, None, :], boxes[:, None, :, :])
+    overlap = (inter / union).nan_to_num(0.0)
+
+    def step(current, alive, row, in_class):
+        decayed = torch.where(in_class, current * torch.exp(-(row * row) / sigma), current)
+        return decayed, alive & (decayed >= score_threshold)
+
+    return _iterative_padded_nms(boxes, scores, score_threshold, max_detections, overlap, step)
+
+
+def diou_nms_padded(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+    eps: float = 1e-7,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Class-aware DIoU-NMS over a batch, fixed-shape and exportable.
+
+    Per image and class it keeps what :func:`diou_nms` keeps of the boxes scoring above
+    ``score_threshold``; the ``max_detections`` best survivors of all classes are returned.
+    Costs an ``[N, N]`` DIoU matrix per image and ``max_detections`` rounds over ``[C, N]``.
+
+    Args:
+        boxes (Tensor[B, N, 4]): ``(x1, y1, x2, y2)`` candidates, shared by all classes.
+        scores (Tensor[B, N, C]): class scores, no background.
+        iou_threshold: a box is dropped when its DIoU with a kept box of its class exceeds it.
+        score_threshold: candidates must score strictly above it.
+        max_detections: K, detections kept per image.
+        eps: as in :func:`cvkit.ops.iou.distance_box_iou`.
+
+    Returns:
+        As :func:`batched_nms_padded`.
+    """
+    _check_padded_inputs(boxes, scores, iou_threshold, max_detections)
+    boxes, scores = _upcast_padded(boxes, scores)
+    overlap = _diou(boxes[:, :, None, :], boxes[:, None, :, :], eps)[0]
+    threshold = _strict_threshold(iou_threshold, boxes.dtype)
+
+    def step(current, alive, row, in_class):
+        return current, alive & ~(in_class & (row > threshold))
+
+    return _iterative_padded_nms(boxes, scores, score_threshold, max_detections, overlap, step)
+
+
+def _upcast_padded(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    if boxes.dtype not in (torch.float32, torch.float64):
+        boxes = boxes.float()
+    return boxes, scores.to(boxes.dtype)
+
+
+def padded_nms(
+    method: str,
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.05,
+    max_detections: int = 100,
+    sigma: float = 0.5,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fixed-shape, exportable class-aware NMS: ``method`` is ``"hard"``, ``"soft"`` or ``"diou"``.
+
+    ``"hard"`` is :func:`batched_nms_padded` (one ONNX ``NonMaxSuppression`` node),
+    ``"soft"`` is :func:`soft_nms_padded` (gaussian, ``sigma``), ``"diou"`` is
+    :func:`diou_nms_padded`. Inputs ``boxes [B, N, 4]`` xyxy and ``scores [B, N, C]``; outputs
+    ``(boxes [B, K, 4], scores [B, K], labels [B, K] int64, num_dets [B] int64)`` with
+    ``K = max_detections``, padding after ``num_dets`` (zero boxes and scores, label -1).
+    """
+    if method == "hard":
+        return batched_nms_padded(boxes, scores, iou_threshold, score_threshold, max_detections)
+    if method == "soft":
+        return soft_nms_padded(boxes, scores, iou_threshold, score_threshold, max_detections, sigma)
+    if method == "diou":
+        return diou_nms_padded(boxes, scores, iou_threshold, score_threshold, max_detections)
+    raise BoxError(f"padded NMS method must be one of {PADDED_NMS_METHODS}, got {method!r}")

@@ -44,7 +44,7 @@ def test_box_convert_errors_name_the_problem():
     with pytest.raises(BoxError, match=r"\[\.\.\., 4\]"):
         box_convert(torch.zeros(2, 3), "xyxy", "xywh")
     with pytest.raises(BoxError, match="floating"):
-        box_area(torch.zeros(2, 4, dtype=torch.int64))
+        box_area(torch.zeros(2, 4, dtype=torch.bool))
 
 
 def test_area_clip_and_remove_small_match_torchvision(make_boxes):
