@@ -1,6 +1,6 @@
 """Where an original image sits inside the network input, and how boxes map between the two.
 
-This module is torch-free (numpy only) so that :mod:`cvkit.data`, :mod:`cvkit.models`,
+This module is torch-free (numpy and OpenCV) so that :mod:`cvkit.data`, :mod:`cvkit.models`,
 :mod:`cvkit.engine` and the torch-free :mod:`cvkit.runtime` all use the same record and the same
 arithmetic: ``input_xy = original_xy * scale + offset`` and
 ``original_xy = (input_xy - offset) / scale``.
@@ -8,8 +8,10 @@ arithmetic: ``input_xy = original_xy * scale + offset`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -39,3 +41,60 @@ class Geometry:
         out[:, 0::2] = out[:, 0::2].clip(0, width)
         out[:, 1::2] = out[:, 1::2].clip(0, height)
         return out
+
+
+def fit(
+    image: np.ndarray,
+    input_size: tuple[int, int],
+    policy: str,
+    fill: int = 0,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[np.ndarray, Geometry]:
+    """Place ``image [h, w, ...]`` into ``input_size (H, W)`` as the eval preset does.
+
+    - ``letterbox``: resize keeping the aspect ratio (``r = min(H / h, W / w)``, the longer
+      side fills the input), pad bottom/right with ``fill``; ``scale = (r, r)``.
+    - ``resize``: stretch to ``(H, W)``; ``scale = (W / w, H / h)``.
+
+    The offset is always ``(0, 0)``. Training, evaluation and the runtime all call this.
+
+    Returns:
+        ``[H, W, ...]`` array of ``image``'s dtype and its :class:`Geometry`.
+    """
+    height, width = image.shape[:2]
+    target_h, target_w = input_size
+    if policy == "resize":
+        resized = cv2.resize(image, (target_w, target_h), interpolation=interpolation)
+        return resized, Geometry((height, width), (target_w / width, target_h / height))
+    ratio = min(target_h / height, target_w / width)
+    geometry = Geometry((height, width), (ratio, ratio))
+    new_w = min(target_w, max(1, round(width * ratio)))
+    new_h = min(target_h, max(1, round(height * ratio)))
+    resized = image
+    if (new_h, new_w) != (height, width):
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    if (new_h, new_w) == (target_h, target_w):
+        return resized, geometry
+    canvas = np.full((target_h, target_w, *image.shape[2:]), fill, dtype=image.dtype)
+    canvas[:new_h, :new_w] = resized.reshape(new_h, new_w, *image.shape[2:])
+    return canvas, geometry
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``float32 [C]`` ``(255 * mean, 1 / (255 * std))``: a pixel normalizes as
+    ``(pixel - 255 * mean) * (1 / (255 * std))``, i.e. ``(pixel / 255 - mean) / std``."""
+    mean_array = np.asarray(mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+    return mean_array, inv_std
+
+
+def normalize(
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """``uint8 [B, H, W, 3]`` → ``[B, 3, H, W]`` as ``(pixel / 255 - mean) / std``."""
+    mean_array, inv_std = normalization(mean, std)
+    batch = (images.astype(np.float32) - mean_array) * inv_std
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=dtype)

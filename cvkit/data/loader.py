@@ -33,6 +33,7 @@ from cvkit.config.data import DataConfig
 from cvkit.data.records import Records
 from cvkit.data.transforms import SampleTransform, build_transform
 from cvkit.errors import ConfigError
+from cvkit.geometry import normalization
 
 TASKS = ("detect", "segment")
 
@@ -122,12 +123,14 @@ class Collate:
     """Stack ``uint8 [3, S, S]`` images into a normalized ``float32 [B, 3, S, S]`` batch.
 
     ``(pixel - 255 * mean) / (255 * std)``, the same arithmetic as
-    :func:`cvkit.runtime.preprocess.normalize`. Targets stay a list of dicts.
+    :func:`cvkit.geometry.normalize` (constants from :func:`cvkit.geometry.normalization`).
+    Targets stay a list of dicts.
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        mean_array, inv_std = normalization(mean, std)
+        self.mean = torch.from_numpy(mean_array).view(1, 3, 1, 1)
+        self.inv_std = torch.from_numpy(inv_std).view(1, 3, 1, 1)
 
     def __call__(self, batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict]]:
         images = torch.stack([image for image, _ in batch]).float()

@@ -12,7 +12,8 @@ A :class:`SampleTransform` runs two stages on one image with its boxes, labels a
 2. ``fit``: the eval preset, applied to every split: ``letterbox`` (resize keeping the aspect
    ratio so the longer side is ``size``, pad bottom/right with zeros, ``scale = (r, r)``,
    ``offset = (0, 0)``) or ``resize`` (stretch, ``scale = (size / w, size / h)``). It matches
-   :mod:`cvkit.runtime.preprocess` exactly; ``original_xy = (input_xy - offset) / scale``.
+   :mod:`cvkit.runtime.preprocess` exactly (both call :func:`cvkit.geometry.fit`);
+   ``original_xy = (input_xy - offset) / scale``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from cvkit.config.data import DataConfig, TransformSpec
 from cvkit.data.records import IGNORE_INDEX, mask_to_box
 from cvkit.errors import ConfigError
+from cvkit.geometry import fit
 
 # Transforms after which box corners no longer bound the object tightly (``Affine`` only when
 # it rotates or shears).
@@ -182,25 +184,12 @@ def build_augment(
 def fit_to_input(
     image: np.ndarray, size: int, policy: str, fill: int = 0, interpolation: int = cv2.INTER_LINEAR
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize (and pad) ``image [h, w, ...]`` to ``size × size`` as the eval preset does.
+    """Resize (and pad) ``image [h, w, ...]`` to ``size × size`` with :func:`cvkit.geometry.fit`.
 
     Returns the new array and ``scale (sx, sy)``; the offset is always ``(0, 0)``.
     """
-    height, width = image.shape[:2]
-    if policy == "resize":
-        resized = cv2.resize(image, (size, size), interpolation=interpolation)
-        return resized, (size / width, size / height)
-    ratio = min(size / height, size / width)
-    new_w = min(size, max(1, round(width * ratio)))
-    new_h = min(size, max(1, round(height * ratio)))
-    resized = image
-    if (new_h, new_w) != (height, width):
-        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    if (new_h, new_w) == (size, size):
-        return resized, (ratio, ratio)
-    canvas = np.full((size, size, *image.shape[2:]), fill, dtype=image.dtype)
-    canvas[:new_h, :new_w] = resized.reshape(new_h, new_w, *image.shape[2:])
-    return canvas, (ratio, ratio)
+    fitted, geometry = fit(image, (size, size), policy, fill, interpolation)
+    return fitted, geometry.scale
 
 
 class SampleTransform:

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvkit.geometry import Geometry
+from cvkit.geometry import Geometry, fit, normalize
 from cvkit.runtime.errors import InputError
 
 ImageSource = str | Path | np.ndarray
@@ -55,38 +55,14 @@ def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarra
 
     Returns:
         ``uint8 [H, W, 3]`` with the resized image at the top-left and zeros elsewhere, and its
-        :class:`Geometry` (``scale = (r, r)``, ``offset = (0, 0)``).
+        :class:`Geometry` (``scale = (r, r)``, ``offset = (0, 0)``); see :func:`cvkit.geometry.fit`.
     """
-    height, width = image.shape[:2]
-    target_h, target_w = input_size
-    ratio = min(target_h / height, target_w / width)
-    new_w = min(target_w, max(1, round(width * ratio)))
-    new_h = min(target_h, max(1, round(height * ratio)))
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)
-    canvas[:new_h, :new_w] = resized
-    return canvas, Geometry((height, width), (ratio, ratio))
+    return fit(image, input_size, "letterbox")
 
 
 def stretch(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:
     """Resize ``image [h, w, 3]`` to ``input_size (H, W)`` ignoring its aspect ratio."""
-    height, width = image.shape[:2]
-    target_h, target_w = input_size
-    resized = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_LINEAR)
-    return resized, Geometry((height, width), (target_w / width, target_h / height))
-
-
-def normalize(
-    images: np.ndarray,
-    mean: Sequence[float],
-    std: Sequence[float],
-    dtype: type = np.float32,
-) -> np.ndarray:
-    """``uint8 [B, H, W, 3]`` → ``[B, 3, H, W]`` as ``(pixel / 255 - mean) / std``."""
-    mean_array = np.asarray(mean, dtype=np.float32) * 255.0
-    inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
-    batch = (images.astype(np.float32) - mean_array) * inv_std
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=dtype)
+    return fit(image, input_size, "resize")
 
 
 def preprocess(
@@ -98,7 +74,6 @@ def preprocess(
     dtype: type = np.float32,
 ) -> tuple[np.ndarray, list[Geometry]]:
     """RGB ``uint8`` images → the network batch ``[B, 3, H, W]`` and each image's geometry."""
-    place = letterbox if resize == "letterbox" else stretch
-    placed = [place(image, input_size) for image in images]
+    placed = [fit(image, input_size, resize) for image in images]
     stacked = np.stack([canvas for canvas, _ in placed])
     return normalize(stacked, mean, std, dtype), [geometry for _, geometry in placed]
