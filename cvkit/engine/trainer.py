@@ -11,8 +11,9 @@ CUDA); the loader should use a DistributedSampler (``task.build_loader(..., dist
 Only rank 0 logs, validates and writes files; the others wait for it.
 
 Resuming from ``last.pt`` restores weights, optimizer, scheduler, AMP scaler, EMA, the RNG
-states and the epoch/step counters, and each epoch re-seeds the loader's generator from
-``seed`` and the epoch number, so the resumed run's losses equal an uninterrupted run's.
+states, the epoch/step counters and callback states, and each epoch re-seeds the loader's
+generator from ``seed`` and the epoch number, so a resumed run's losses equal an uninterrupted
+run's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from cvkit.config import Config, config_to_dict
 from cvkit.engine import distributed
+from cvkit.engine.callbacks import Callback
 from cvkit.engine.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -87,6 +89,8 @@ class Trainer:
         device: where to train (default: the model's current device).
         classes: class names saved in checkpoints (default: ``train_loader.dataset.classes``).
         category_ids: COCO category id of each class, or None.
+        callbacks: :class:`~cvkit.engine.callbacks.Callback` objects called at each hook;
+            their states are saved in checkpoints under their names.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Trainer:
         device: torch.device | None = None,
         classes: list[str] | None = None,
         category_ids: list[int] | None = None,
+        callbacks: Iterable[Callback] = (),
     ) -> None:
         cfg = config.train
         self.config = config
@@ -138,6 +143,10 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.stale_validations = 0
         self.batch_losses: list[float] = []
+        self.callbacks = list(callbacks)
+        names = [callback.name for callback in self.callbacks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"callbacks: names must differ, got {names}")
         self.history = None
         if run is not None and self.is_main:
             self.history = MetricsHistory(run.metrics_jsonl, run.metrics_csv)
@@ -166,7 +175,9 @@ class Trainer:
                 f", AMP {self.amp_dtype}" if self.amp_dtype else "",
             )
         train_row: dict[str, float] = {}
+        self._call("on_train_start")
         for epoch in range(self.epoch, cfg.epochs):
+            self._call("on_epoch_start", epoch)
             train_row = self.train_one_epoch(epoch)
             self.epoch = epoch + 1
             validate = self.val_loader is not None and (
@@ -174,8 +185,13 @@ class Trainer:
             )
             improved = self._validate() if validate else False
             stop = bool(distributed.broadcast_object(self._should_stop(validate)))
+            row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_row}
+            if validate and self.is_main:
+                row.update({f"val/{key}": value for key, value in self.metrics.items()})
+                self._call("on_validation_end", self.metrics)
+            self._call("on_epoch_end", row)  # before the checkpoint, which saves its state
             if self.is_main:
-                self._end_epoch(train_row, validate, improved)
+                self._end_epoch(row, train_row, validate, improved)
             distributed.barrier()
             if stop:
                 logger.info(
@@ -195,7 +211,13 @@ class Trainer:
                 }
             )
             plot_curves(self.history.rows, self.run.plots / "curves.png", metrics)
-        return self.best_metrics or dict(train_row)
+        result = self.best_metrics or dict(train_row)
+        self._call("on_train_end", result)
+        return result
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training loader.
@@ -241,6 +263,9 @@ class Trainer:
                 self.scaler.scale(total / cfg.accumulate).backward()
             if step_now:
                 self._optimizer_step()
+                lr = self.optimizer.param_groups[0]["lr"]
+                info = {"epoch": epoch, "step": self.step, "batch": index, "lr": lr}
+                self._call("on_step_end", {**info, "losses": values})
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             done += 1
@@ -311,11 +336,10 @@ class Trainer:
         patience = self.config.train.patience
         return validated and patience is not None and self.stale_validations >= patience
 
-    def _end_epoch(self, train_row: dict[str, float], validated: bool, improved: bool) -> None:
+    def _end_epoch(
+        self, row: dict[str, Any], train_row: dict[str, float], validated: bool, improved: bool
+    ) -> None:
         cfg = self.config.train
-        row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_row}
-        if validated:
-            row.update({f"val/{key}": value for key, value in self.metrics.items()})
         losses = " ".join(
             f"{key.removeprefix('train/')} {value:.4f}"
             for key, value in train_row.items()
@@ -355,6 +379,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "stale_validations": self.stale_validations,
+            "callbacks": {callback.name: callback.state_dict() for callback in self.callbacks},
         }
 
     def resume(self, path: str | Path) -> None:
@@ -388,6 +413,10 @@ class Trainer:
         self.best_score = float(checkpoint.get("best_score", -math.inf))
         self.best_epoch = int(checkpoint.get("best_epoch", 0))
         self.stale_validations = int(checkpoint.get("stale_validations", 0))
+        states = checkpoint.get("callbacks") or {}
+        for callback in self.callbacks:
+            if callback.name in states:
+                callback.load_state_dict(states[callback.name])
         if self.history is not None:
             self.history.resume(self.epoch)
         if self.is_main:

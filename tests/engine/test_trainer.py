@@ -7,6 +7,7 @@ import pytest
 import torch
 from engine_toys import ToyDataset, ToyModel, ToyTask, toy_config, toy_loader
 
+from cvkit.engine.callbacks import Callback
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.rundir import RunDir
 from cvkit.engine.trainer import NonFiniteLossError, Trainer, resolve_amp
@@ -210,3 +211,26 @@ def test_grad_clip_bounds_the_update_and_val_every_skips_epochs(tmp_path):
     trainer.fit()
     rows = [json.loads(line) for line in run.metrics_jsonl.read_text().splitlines()]
     assert ["val/neg_mse" in row for row in rows] == [False, True, True]
+
+
+class CountSteps(Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer, step_info):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+
+def test_user_callback_sees_every_step_and_its_state_is_checkpointed(tmp_path):
+    run = make_run(tmp_path, "run")
+    config = toy_config("train.epochs=3")
+    torch.manual_seed(0)
+    counter = CountSteps()
+    train = toy_loader(ToyDataset(16), batch_size=4)
+    trainer = Trainer(config, ToyTask(config), ToyModel(), train, run=run, callbacks=[counter])
+    trainer.fit()
+    assert counter.steps == 3 * trainer.steps_per_epoch == 12
+    assert load_checkpoint(run.last)["callbacks"] == {"CountSteps": {"steps": 12}}

@@ -1,0 +1,62 @@
+"""Trainer callbacks: extend the training loop without editing :mod:`cvkit.engine.trainer`.
+
+Subclass :class:`Callback`, override the hooks you need and pass an instance to
+``Trainer(..., callbacks=[...])`` (or ``cvkit.train(cfg, callbacks=[...])``). Hooks run on every
+process in this order: ``on_train_start`` once, then per epoch ``on_epoch_start``,
+``on_step_end`` after each optimizer step, ``on_validation_end`` after a validation (rank 0),
+``on_epoch_end``; finally ``on_train_end``. A callback's :meth:`Callback.state_dict` is saved in
+``last.pt``/``best.pt`` under ``callbacks[<name>]`` and restored by ``Trainer.resume``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cvkit.engine.trainer import Trainer
+
+
+class Callback:
+    """Base class of trainer callbacks; every hook does nothing by default.
+
+    ``name`` keys the callback's state in checkpoints (default: the class name); two callbacks
+    of one trainer must have different names.
+    """
+
+    @property
+    def name(self) -> str:
+        """The checkpoint key of this callback's state."""
+        return type(self).__name__
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first remaining epoch (after a resume, if any)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Before epoch ``epoch`` (0-based) starts."""
+
+    def on_step_end(self, trainer: Trainer, step_info: dict[str, Any]) -> None:
+        """After an optimizer step.
+
+        ``step_info`` holds ``epoch`` (0-based), ``step`` (optimizer steps so far), ``batch``
+        (index in the epoch), ``lr`` and ``losses`` (name → float, averaged over processes,
+        ``loss`` is their sum, for the step's last batch).
+        """
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After a validation on rank 0, with the task's metrics."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After an epoch; ``row`` is the epoch's ``metrics.jsonl`` row (``epoch`` 1-based)."""
+
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After the last epoch (or an early stop), with what ``fit`` returns."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs (saved in checkpoints); plain tensors, numbers, lists, dicts."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+__all__ = ["Callback"]
