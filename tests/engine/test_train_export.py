@@ -59,3 +59,26 @@ def test_failed_export_keeps_the_training_results_and_exits_1(
     assert main(argv) == 1
     assert (out / "weights" / "best.pt").is_file()
     assert not (out / "weights" / "best.onnx").exists()
+
+
+def test_eval_score_threshold_is_read_when_eval_runs(tmp_path, tiny_overrides, monkeypatch):
+    from cvkit.engine.tasks import detect
+
+    overrides = [o for o in tiny_overrides if not o.startswith("export.")]
+    out = tmp_path / "run"
+    assert main(["train", "--cfg", SSD_CONFIG, "--out", str(out), "--set", *overrides]) == 0
+    counted = []
+    real = detect.detections_to_coco
+
+    def counting(detections, image_ids, category_ids):
+        counted.append(sum(len(d["scores"]) for d in detections))
+        return real(detections, image_ids, category_ids)
+
+    monkeypatch.setattr(detect, "detections_to_coco", counting)
+    weights = str(out / "weights" / "best.pt")
+    argv = ["eval", "--cfg", SSD_CONFIG, "--weights", weights, "--set", *overrides]
+    for setting in ("eval.score_threshold=0.001", "eval.score_threshold=0.999", "eval.max_det=3"):
+        assert main([*argv, setting]) == 0
+    low, high, capped = counted
+    assert low > high, f"score_threshold 0.999 kept {high} detections, 0.001 kept {low}"
+    assert capped == 4 * 3 < low  # 4 val images, at most 3 detections each

@@ -73,6 +73,8 @@ class DetectTask(Task):
     ) -> CocoMetrics:
         """Run ``model`` (eval mode) over ``loader`` and score it with COCO mAP.
 
+        A model with an ``inference`` attribute (score threshold, NMS IoU, ``max_det``) gets
+        this task's ``eval:`` section first, so ``--set eval.score_threshold=...`` applies.
         ``loader.dataset`` must provide ``coco_ground_truth()`` (original pixels) and, for
         non-trivial category maps, ``category_ids`` (contiguous label → COCO category id).
 
@@ -89,6 +91,9 @@ class DetectTask(Task):
         if category_ids is None:
             category_ids = sorted(c["id"] for c in ground_truth["categories"])
         model.eval()
+        if hasattr(model, "inference"):
+            # Thresholds are this run's eval settings, not the ones frozen into the checkpoint.
+            model.inference = self.config.eval
         detections, image_ids = [], []
         for images, targets in progress(loader, desc="val", lines=1):
             outputs = model(images.to(device))
