@@ -1,4 +1,4 @@
-"""The Python API beside the CLI: ``cvkit.train(cfg, **overrides)`` and ``cvkit.load(path)``."""
+"""The Python API beside the CLI: ``cvkit.load(path)`` for a ``.pt`` or an ``.onnx`` alike."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Trainer callbacks: extend the training loop without editing :mod:`cvkit.engine.trainer`.
 
 Subclass :class:`Callback`, override the hooks you need and pass an instance to
-``Trainer(..., callbacks=[...])`` (or ``cvkit.train(cfg, callbacks=[...])``). Hooks run on every
+``Trainer(..., callbacks=[...])``. Hooks run on every
 process in this order: ``on_train_start`` once, then per epoch ``on_epoch_start``,
 ``on_step_end`` after each optimizer step, ``on_validation_end`` after a validation (rank 0),
 ``on_epoch_end``; finally ``on_train_end``. A callback's :meth:`Callback.state_dict` is saved in
