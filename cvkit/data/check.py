@@ -24,7 +24,7 @@ import numpy as np
 
 from cvkit.data.formats.coco import load_coco_json, read_coco
 from cvkit.data.formats.detect import detect_format, load_records
-from cvkit.data.records import Records, Sample, read_image, read_image_size
+from cvkit.data.records import Records, Sample, read_image, read_image_size, verify_image_data
 from cvkit.errors import DatasetError
 from cvkit.logs import get_logger
 
@@ -207,6 +207,7 @@ def _image_problems(sample: Sample, decode: bool) -> list[Problem]:
         try:
             if decode:
                 height, width = read_image(sample.path).shape[:2]
+                verify_image_data(sample.path)
             else:
                 height, width = read_image_size(sample.path)
         except DatasetError as exc:

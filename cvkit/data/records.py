@@ -281,3 +281,21 @@ def read_image_size(path: Path) -> tuple[int, int]:
     except OSError as exc:
         raise DatasetError(f"{path}: image file is unreadable ({exc})") from None
     return height, width
+
+
+def verify_image_data(path: Path) -> None:
+    """Decode every byte of an image file with PIL, which refuses cut-off data.
+
+    OpenCV decodes a JPEG cut short into a full-size image whose lower part is garbage and only
+    prints a warning; PIL raises. Call this where a file must be proven whole (``data check``).
+
+    Raises:
+        DatasetError: the file's image data is truncated or corrupt.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: image data is truncated or corrupt ({exc})") from None

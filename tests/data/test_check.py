@@ -99,3 +99,25 @@ def test_warnings_alone_exit_zero(tmp_path, tiny_synthetic):
         assert main(["data", "check", str(path), "--images", images]) == 0
     finally:
         path.unlink()
+
+
+def test_a_cut_off_jpeg_is_named_although_opencv_decodes_it(tmp_path, tiny_synthetic, capsys):
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_synthetic / "images" / "val", root / "images")
+    data = json.loads(annotation_path(tiny_synthetic, "val").read_text())
+    image = data["images"][0]
+    height, width = image["height"], image["width"]
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image["file_name"] = "cut.jpg"
+    path = root / "images" / "cut.jpg"
+    assert cv2.imwrite(str(path), noise)
+    payload = path.read_bytes()
+    path.write_bytes(payload[: len(payload) // 3])
+    # the failure mode: OpenCV returns a full-size image from the first third of the data
+    assert cv2.imread(str(path)).shape == (height, width, 3)
+    annotations = root / "instances.json"
+    annotations.write_text(json.dumps(data))
+    report, _ = check_dataset(annotations)
+    assert [(p.kind, p.file) for p in report.errors] == [("unreadable image", str(path))]
+    assert main(["data", "check", str(annotations)]) == 1
+    assert "cut.jpg" in capsys.readouterr().out
