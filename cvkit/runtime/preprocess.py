@@ -27,12 +27,14 @@ ImageSource = str | Path | np.ndarray
 
 
 def read_image(source: ImageSource) -> np.ndarray:
-    """An image as RGB ``uint8 [H, W, 3]``: read from a path, or checked if an array.
+    """An image as RGB ``uint8 [H, W, 3]``, from a path or an array, treated alike.
 
-    Arrays must be ``uint8`` RGB ``[H, W, 3]`` (grayscale ``[H, W]`` is expanded to 3 channels).
+    Gray (``[H, W]`` or ``[H, W, 1]``) is repeated to 3 channels and an alpha channel
+    (``[H, W, 4]`` RGBA) is dropped, not composited: OpenCV reads gray and RGBA files the same
+    way, so a file and the array of its pixels give the same image.
 
     Raises:
-        InputError: unreadable file, or an array of the wrong shape or dtype.
+        InputError: unreadable file, or an array of another shape or dtype.
     """
     if isinstance(source, (str, Path)):
         image = cv2.imread(str(source), cv2.IMREAD_COLOR)
@@ -41,13 +43,16 @@ def read_image(source: ImageSource) -> np.ndarray:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if not isinstance(source, np.ndarray):
         raise InputError(f"expected an image path or a numpy array, got {type(source).__name__}")
+    expected = "uint8 RGB [H, W, 3], RGBA [H, W, 4] or gray [H, W] / [H, W, 1]"
     if source.dtype != np.uint8:
-        raise InputError(f"image arrays must be uint8 RGB [H, W, 3], got dtype {source.dtype}")
+        raise InputError(f"image arrays must be {expected}, got dtype {source.dtype}")
     if source.ndim == 2:
-        return np.repeat(source[:, :, None], 3, axis=2)
-    if source.ndim != 3 or source.shape[2] != 3 or min(source.shape[:2]) < 1:
-        raise InputError(f"image arrays must be uint8 RGB [H, W, 3], got shape {source.shape}")
-    return source
+        source = source[:, :, None]
+    if source.ndim != 3 or source.shape[2] not in (1, 3, 4) or min(source.shape[:2]) < 1:
+        raise InputError(f"image arrays must be {expected}, got shape {source.shape}")
+    if source.shape[2] == 1:
+        return np.repeat(source, 3, axis=2)
+    return source[:, :, :3] if source.shape[2] == 4 else source
 
 
 def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:

@@ -62,7 +62,7 @@ def test_read_image_expands_grayscale():
     ("source", "message"),
     [
         (np.zeros((4, 4, 3), np.float32), "uint8 RGB .* got dtype float32"),
-        (np.zeros((4, 4, 4), np.uint8), r"got shape \(4, 4, 4\)"),
+        (np.zeros((4, 4, 2), np.uint8), r"got shape \(4, 4, 2\)"),
         (np.zeros((0, 4, 3), np.uint8), r"got shape \(0, 4, 3\)"),
         (123, "got int"),
     ],
@@ -95,3 +95,22 @@ def test_matches_the_training_eval_preset_exactly(policy):
     np.testing.assert_array_equal(batch, expected.numpy())
     assert [g.scale for g in geometries] == [s.scale for s in samples]
     assert all(g.offset == s.offset for g, s in zip(geometries, samples, strict=True))
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3, 4])
+def test_files_and_arrays_of_every_channel_layout_read_alike(tmp_path, channels):
+    rng = np.random.default_rng(channels or 0)
+    shape = (6, 7) if channels is None else (6, 7, channels)
+    array = rng.integers(0, 256, shape, np.uint8)
+    path = tmp_path / "image.png"
+    # PNG stores what it is given: gray, BGR or BGRA (OpenCV's channel order)
+    on_disk = array if channels in (None, 1) else cv2.cvtColor(
+        array, cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA
+    )
+    assert cv2.imwrite(str(path), on_disk)
+    from_file, from_array = read_image(path), read_image(array)
+    assert from_file.shape == from_array.shape == (6, 7, 3)
+    np.testing.assert_array_equal(from_file, from_array)
+    gray = array.reshape(6, 7, -1)[..., :1]
+    expected = np.repeat(gray, 3, axis=2) if channels in (None, 1) else array[..., :3]
+    np.testing.assert_array_equal(from_array, expected)
