@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--nms", action=argparse.BooleanOptionalAction, default=True, help="NMS in the graph"
     )
+    export.add_argument(
+        "--nms-method",
+        choices=["hard", "soft", "diou"],
+        default="hard",
+        help="the graph's NMS: hard, Gaussian soft-NMS or DIoU-NMS (with --nms)",
+    )
     export.add_argument("--half", action="store_true", help="float16 weights (GPU inference)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset version")
     export.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")

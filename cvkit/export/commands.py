@@ -39,7 +39,7 @@ def run_export(args: argparse.Namespace) -> int:
     setup_logging()
     fields = {
         "dynamic": args.dynamic,
-        "nms": args.nms,
+        "nms": args.nms_method if args.nms else False,
         "half": args.half,
         "simplify": args.simplify,
     }

@@ -124,3 +124,24 @@ def test_classifier_predict_agrees_for_pt_and_onnx(tmp_path, capsys):
         assert sum(pt["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         for name in CLASSES:
             assert abs(pt["probabilities"][name] - onnx["probabilities"][name]) <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["soft", "diou"])
+def test_export_nms_method_flag_puts_that_selection_in_the_graph(tmp_path, method):
+    import onnx
+
+    config = load_config(None, ["model.backbone=resnet18_tiny", "data.image_size=64"])
+    torch.manual_seed(0)
+    model = build_model(config, len(CLASSES)).eval()
+    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
+    weights = save_checkpoint({**checkpoint, "classes": CLASSES}, tmp_path / "ssd.pt")
+    hard, chosen = tmp_path / "hard.onnx", tmp_path / f"{method}.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(hard)]) == 0
+    argv = ["export", "--weights", str(weights), "--out", str(chosen), "--nms-method", method]
+    assert main(argv) == 0  # the export's parity check compared it with torch
+    ops = {
+        name: {n.op_type for n in onnx.load(str(p)).graph.node}
+        for name, p in (("hard", hard), (method, chosen))
+    }
+    assert "NonMaxSuppression" in ops["hard"] and "NonMaxSuppression" not in ops[method]
+    assert OnnxModel(chosen, "cpu").metadata.nms_in_graph
