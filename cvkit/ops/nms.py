@@ -482,10 +482,7 @@ def batched_nms_padded(
             f"scores {tuple(scores.shape)} (layout {scores_layout!r}) do not match boxes "
             f"{tuple(boxes.shape)}"
         )
-    if max_detections < 1:
-        raise BoxError(f"max_detections must be >= 1, got {max_detections}")
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_selection_settings(iou_threshold, max_detections)
     scores_bcn = scores_bcn.contiguous()
     num_boxes = boxes.shape[1]
     if num_boxes == 0 and not torch.jit.is_tracing():
@@ -509,6 +506,13 @@ def batched_nms_padded(
     )
     top_scores, top_idx = flat.topk(max_detections, dim=1)
     return _padded_outputs(boxes, top_scores, top_idx, num_boxes)
+
+
+def _check_selection_settings(iou_threshold: float, max_detections: int) -> None:
+    if max_detections < 1:
+        raise BoxError(f"max_detections must be >= 1, got {max_detections}")
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
 
 
 def _padded_outputs(
@@ -538,10 +542,7 @@ def _check_padded_inputs(
             f"padded NMS needs boxes [B, N, 4] and scores [B, N, C], got "
             f"{tuple(boxes.shape)} and {tuple(scores.shape)}"
         )
-    if max_detections < 1:
-        raise BoxError(f"max_detections must be >= 1, got {max_detections}")
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_selection_settings(iou_threshold, max_detections)
 
 
 def _iterative_padded_nms(
