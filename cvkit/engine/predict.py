@@ -68,8 +68,6 @@ class CheckpointModel:
         import torch
 
         from cvkit.config import Config
-        from cvkit.data.loader import Collate
-        from cvkit.data.transforms import build_transform
         from cvkit.engine.checkpoint import load_model
         from cvkit.engine.environment import select_device
 
@@ -77,9 +75,8 @@ class CheckpointModel:
         self.device = select_device(device)
         self.model, checkpoint = load_model(weights, self.device)
         config = Config.model_validate(checkpoint["config"])
+        self.config = config
         self.classes: list[str] = list(checkpoint["classes"])
-        self.transform = build_transform(config.data, config.task, train=False)
-        self.collate = Collate(config.data.mean, config.data.std)
         self.batch_size = batch_size
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Any]:
@@ -92,10 +89,15 @@ class CheckpointModel:
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Any]]:
         """The model's outputs for ``images`` (eval pre-processing, no grad) and each image's
         fitted sample (its ``scale`` and ``offset``)."""
+        from cvkit.data.loader import Collate
+        from cvkit.data.transforms import build_transform
+
         torch = self._torch
+        data = self.config.data
+        transform = build_transform(data, self.config.task, train=False)
         no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        fitted = [self.transform(image, no_boxes, no_labels) for image in images]
-        batch, _ = self.collate(
+        fitted = [transform(image, no_boxes, no_labels) for image in images]
+        batch, _ = Collate(data.mean, data.std)(
             [
                 (torch.from_numpy(np.ascontiguousarray(f.image.transpose(2, 0, 1))), {})
                 for f in fitted
@@ -167,7 +169,7 @@ class OnnxPredictor:
         return self.runtime.predict(list(images))
 
 
-class CheckpointClassifier:
+class CheckpointClassifier(CheckpointModel):
     """A trained cvkit classifier (``.pt`` checkpoint): one
     :class:`~cvkit.runtime.results.Classification` per RGB image ``uint8 [H, W, 3]``.
 
@@ -181,40 +183,19 @@ class CheckpointClassifier:
         batch_size: images per forward pass.
     """
 
-    def __init__(self, weights: str | Path, device: str = "auto", batch_size: int = 8) -> None:
-        import torch
-
-        from cvkit.config import Config
-        from cvkit.engine.checkpoint import load_model
-        from cvkit.engine.environment import select_device
-
-        self._torch = torch
-        self.device = select_device(device)
-        self.model, checkpoint = load_model(weights, self.device)
-        self.config = Config.model_validate(checkpoint["config"])
-        self.classes: list[str] = list(checkpoint["classes"])
-        self.batch_size = batch_size
-
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Classification]:
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Classification]:
         """Softmax probabilities ``float32 [C]`` of each image, as a Classification."""
         from cvkit.runtime.postprocess import classification
         from cvkit.runtime.preprocess import preprocess
 
         data = self.config.data
-        results = []
-        for start in range(0, len(images), self.batch_size):
-            batch, _ = preprocess(
-                images[start : start + self.batch_size],
-                (data.image_size, data.image_size),
-                data.resize,
-                data.mean,
-                data.std,
-            )
-            with self._torch.no_grad():
-                logits = self.model(self._torch.from_numpy(batch).to(self.device))
-            logits = logits.float().cpu().numpy()
-            results += [classification(row, tuple(self.classes)) for row in logits]
-        return results
+        batch, _ = preprocess(
+            images, (data.image_size, data.image_size), data.resize, data.mean, data.std
+        )
+        with self._torch.no_grad():
+            logits = self.model(self._torch.from_numpy(batch).to(self.device))
+        logits = logits.float().cpu().numpy()
+        return [classification(row, tuple(self.classes)) for row in logits]
 
 
 def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
