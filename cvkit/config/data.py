@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cvkit.config.base import Section
 
@@ -70,3 +70,14 @@ class DataConfig(Section):
     cache_dir: Path | None = Field(
         None, description="cache folder (default: $CVKIT_CACHE_DIR or ~/.cache/cvkit)"
     )
+
+    @field_validator("augment")
+    @classmethod
+    def _buildable_augment(cls, specs: list[TransformSpec] | None) -> list[TransformSpec] | None:
+        """Build the pipeline once, so an unknown transform or a bad parameter fails when the
+        config loads, naming its entry (``data.augment[i]``), not when training starts."""
+        if specs:
+            from cvkit.data.transforms import build_augment
+
+            build_augment(specs)
+        return specs

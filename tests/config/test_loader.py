@@ -113,3 +113,24 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "NoSuchTransform"}, r"data\.augment\[1\]: unknown albumentations transform"),
+        (
+            {"name": "HorizontalFlip", "params": {"prob": 0.5}},
+            r"data\.augment\[1\]: bad parameters for HorizontalFlip: unknown \['prob'\]",
+        ),
+    ],
+)
+def test_augment_entries_are_checked_when_the_config_loads(tmp_path, entry, message):
+    path = tmp_path / "aug.yaml"
+    good = {"name": "HorizontalFlip", "params": {"p": 0.5}}
+    path.write_text(yaml.safe_dump({"data": {"augment": [good, entry]}}))
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(path, [])
+    assert str(path) in str(raised.value)
+    path.write_text(yaml.safe_dump({"data": {"augment": [good]}}))
+    assert load_config(path, []).data.augment[0].name == "HorizontalFlip"
