@@ -289,14 +289,8 @@ def predict_classes(paths: Sequence[Path], weights: str | Path, out: str | Path)
 
     Returns the ``predictions.json`` path.
     """
-    if Path(weights).suffix.lower() == ".onnx":
-        model: CheckpointClassifier | OnnxPredictor = OnnxPredictor(weights)
-    else:
-        model = CheckpointClassifier(weights)
-    writer = ResultWriter(out, model.classes)
-    for path, image, result in predict_images(paths, model, model.batch_size):
-        writer.add(path, image, result)
-    json_path = writer.finish()
+    model = open_model(weights, CheckpointClassifier)
+    json_path = write_results(paths, model, ResultWriter(out, model.classes))
     print(f"{len(paths)} images classified; drawings and JSON in {json_path.parent}")
     return json_path
 
@@ -310,6 +304,25 @@ def predict_images(
         chunk = paths[start : start + batch_size]
         images = [read_image(path) for path in chunk]
         yield from zip(chunk, images, model(images), strict=True)
+
+
+def open_model(
+    weights: str | Path,
+    checkpoint_type: Callable[..., Any],
+    onnx_type: Callable[..., Any] = OnnxPredictor,
+) -> Any:
+    """``onnx_type(weights)`` for an ``.onnx`` file, else ``checkpoint_type(weights)``."""
+    if Path(weights).suffix.lower() == ".onnx":
+        return onnx_type(weights)
+    return checkpoint_type(weights)
+
+
+def write_results(paths: Sequence[Path], model: Any, writer: Any) -> Path:
+    """Predict ``paths`` with ``model`` (a callable with ``batch_size``), ``writer.add`` each
+    image's result, and return the written ``predictions.json``."""
+    for path, image, result in predict_images(paths, model, model.batch_size):
+        writer.add(path, image, result)
+    return writer.finish()
 
 
 def run_predict(args: Any) -> int:
@@ -326,10 +339,7 @@ def run_predict(args: Any) -> int:
     if task in writers:
         writers[task](paths, args.weights, args.out)
         return 0
-    if Path(args.weights).suffix.lower() == ".onnx":
-        detector: CheckpointDetector | OnnxPredictor = OnnxPredictor(args.weights)
-    else:
-        detector = CheckpointDetector(args.weights)
+    detector = open_model(args.weights, CheckpointDetector)
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
     writer = PredictionWriter(args.out, detector.classes)
     total = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvkit.engine.predict import CheckpointModel, OutputFolder, predict_images
+from cvkit.engine.predict import CheckpointModel, OutputFolder, open_model, write_results
 from cvkit.runtime.results import overlay_mask
 
 Segmenter = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -122,13 +122,7 @@ def predict_segments(paths: Sequence[Path], weights: str | Path, out: str | Path
 
     Returns the ``predictions.json`` path.
     """
-    if Path(weights).suffix.lower() == ".onnx":
-        segmenter: CheckpointSegmenter | OnnxSegmenter = OnnxSegmenter(weights)
-    else:
-        segmenter = CheckpointSegmenter(weights)
-    writer = MaskWriter(out, segmenter.classes)
-    for path, image, mask in predict_images(paths, segmenter, segmenter.batch_size):
-        writer.add(path, image, mask)
-    json_path = writer.finish()
+    segmenter = open_model(weights, CheckpointSegmenter, OnnxSegmenter)
+    json_path = write_results(paths, segmenter, MaskWriter(out, segmenter.classes))
     print(f"{len(paths)} images segmented; overlays, masks and JSON in {json_path.parent}")
     return json_path
