@@ -110,3 +110,27 @@ def toy_classifier() -> ToyClassifier:
 @pytest.fixture
 def toy_segmenter() -> ToySegmenter:
     return _seeded(ToySegmenter(), 2)
+
+
+@pytest.fixture
+def tiny_ssd_weights(tmp_path):
+    """A seeded, untrained tiny SSD saved as a cvkit checkpoint ``ssd.pt`` for classes
+    cat/dog/bird (64 px input, score threshold 0.2)."""
+    from cvkit.config import config_to_dict, load_config
+    from cvkit.engine.checkpoint import save_checkpoint
+    from cvkit.models.build import build_model
+
+    config = load_config(
+        None,
+        [
+            "model.backbone=resnet18_tiny",
+            "data.image_size=64",
+            "model.ssd.extra_channels=16",
+            "eval.score_threshold=0.2",
+        ],
+    )
+    classes = ["cat", "dog", "bird"]
+    torch.manual_seed(0)
+    model = build_model(config, len(classes)).eval()
+    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
+    return save_checkpoint({**checkpoint, "classes": classes}, tmp_path / "ssd.pt")

@@ -64,24 +64,12 @@ def test_export_command_reports_a_bad_checkpoint(tmp_path, capsys):
     assert "junk.pt" in capsys.readouterr().err
 
 
-def test_predict_gives_the_same_detections_for_pt_and_onnx(tmp_path, capsys):
+def test_predict_gives_the_same_detections_for_pt_and_onnx(tmp_path, tiny_ssd_weights, capsys):
     from cvkit.cli import HANDLERS
 
     if "predict" not in HANDLERS:
         pytest.skip("cvkit predict is not built yet")
-    config = load_config(
-        None,
-        [
-            "model.backbone=resnet18_tiny",
-            "data.image_size=64",
-            "model.ssd.extra_channels=16",
-            "eval.score_threshold=0.2",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_model(config, len(CLASSES)).eval()
-    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
-    weights = save_checkpoint({**checkpoint, "classes": CLASSES}, tmp_path / "ssd.pt")
+    weights = tiny_ssd_weights
     assert main(["export", "--weights", str(weights)]) == 0
     rng = np.random.default_rng(0)
     for index, shape in enumerate([(64, 64, 3), (90, 50, 3)]):
@@ -127,14 +115,12 @@ def test_classifier_predict_agrees_for_pt_and_onnx(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["soft", "diou"])
-def test_export_nms_method_flag_puts_that_selection_in_the_graph(tmp_path, method):
+def test_export_nms_method_flag_puts_that_selection_in_the_graph(
+    tmp_path, tiny_ssd_weights, method
+):
     import onnx
 
-    config = load_config(None, ["model.backbone=resnet18_tiny", "data.image_size=64"])
-    torch.manual_seed(0)
-    model = build_model(config, len(CLASSES)).eval()
-    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
-    weights = save_checkpoint({**checkpoint, "classes": CLASSES}, tmp_path / "ssd.pt")
+    weights = tiny_ssd_weights
     hard, chosen = tmp_path / "hard.onnx", tmp_path / f"{method}.onnx"
     assert main(["export", "--weights", str(weights), "--out", str(hard)]) == 0
     argv = ["export", "--weights", str(weights), "--out", str(chosen), "--nms-method", method]

@@ -1,32 +1,14 @@
 """``cvkit.load``: a ``.pt`` checkpoint and its ``.onnx`` give matching typed results."""
 
 import numpy as np
-import torch
 
 import cvkit
-from cvkit.config import config_to_dict, load_config
-from cvkit.engine.checkpoint import save_checkpoint
 from cvkit.export.commands import export_checkpoint
-from cvkit.models.build import build_model
 from cvkit.runtime import Detections
 
-CLASSES = ["cat", "dog", "bird"]
 
-
-def test_pt_and_onnx_give_matching_detections(tmp_path):
-    config = load_config(
-        None,
-        [
-            "model.backbone=resnet18_tiny",
-            "data.image_size=64",
-            "model.ssd.extra_channels=16",
-            "eval.score_threshold=0.2",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_model(config, len(CLASSES)).eval()
-    checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
-    weights = save_checkpoint({**checkpoint, "classes": CLASSES}, tmp_path / "ssd.pt")
+def test_pt_and_onnx_give_matching_detections(tiny_ssd_weights):
+    weights = tiny_ssd_weights
     onnx_path = export_checkpoint(weights).path
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, shape, np.uint8) for shape in [(64, 64, 3), (90, 50, 3)]]
