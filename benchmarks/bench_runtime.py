@@ -31,7 +31,6 @@ from cvkit.config.export import ExportConfig
 from cvkit.export.onnx import export_model, metadata_from_config
 from cvkit.models.build import build_model
 from cvkit.runtime import Detector
-from cvkit.runtime.postprocess import boxes_to_original
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "rectangle", "triangle"]
@@ -47,7 +46,7 @@ def torch_pipeline(model: torch.nn.Module, detector: Detector, device: str) -> C
         with torch.inference_mode():
             outputs = model(torch.from_numpy(batch).to(device))
         return [
-            boxes_to_original(output["boxes"].cpu().numpy(), geometry)
+            geometry.boxes_to_original(output.boxes.cpu().numpy())
             for output, geometry in zip(outputs, geometries, strict=True)
         ]
 

@@ -43,6 +43,7 @@ from cvkit.engine.tasks import get_task
 from cvkit.engine.trainer import Trainer
 from cvkit.models.build import build_model
 from cvkit.models.detection.ssd import SSD
+from cvkit.structures import Instances, Target
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -74,12 +75,15 @@ class TorchvisionDetector(nn.Module):
         super().__init__()
         self.ssd = ssd
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None):
+    def forward(self, images: Tensor, targets: list[Target] | None = None):
         if self.training:
-            shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
+            shifted = [{"boxes": t.boxes, "labels": t.labels + 1} for t in targets]
             return self.ssd(list(images), shifted)
-        detections = self.ssd(list(images))
-        return [{**d, "labels": d["labels"] - 1} for d in detections]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return [
+            Instances(d["boxes"], d["scores"], d["labels"] - 1, size)
+            for d in self.ssd(list(images))
+        ]
 
 
 def bench_config(overrides: list[str]) -> Config:

@@ -33,7 +33,7 @@ class Instances:
         labels: ``int64 [N]`` class indices ``0..C-1``.
         image_size: ``(h, w)`` of the image the pixels refer to.
         masks: optional ``float32 [N, h, w]`` per-instance mask probabilities in that image
-            (or ``[N, m, m]`` at RoI resolution before paste-back), else None.
+            (models paste RoI-resolution masks back before returning), else None.
     """
 
     boxes: Tensor
@@ -61,6 +61,33 @@ class Instances:
                 for name in ("boxes", "scores", "labels", "masks")
                 if getattr(self, name) is not None
             },
+        )
+
+    def to_original(self, geometry: Geometry) -> Instances:
+        """A CPU copy in the original image's pixels (:meth:`Geometry.boxes_to_original`).
+
+        Boxes are mapped and clipped to ``geometry.orig_size``; masks (if any) are cropped to
+        the valid (unpadded) region and resized bilinearly to the original size.
+        """
+        boxes = geometry.boxes_to_original(self.boxes.detach().float().cpu().numpy())
+        masks = self.masks
+        if masks is not None:
+            height, width = geometry.orig_size
+            (sx, sy), (ox, oy) = geometry.scale, geometry.offset
+            valid = (
+                masks.detach()
+                .float()
+                .cpu()[:, round(oy) : round(oy + height * sy), round(ox) : round(ox + width * sx)]
+            )
+            masks = torch.nn.functional.interpolate(
+                valid[None], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
+        return Instances(
+            torch.from_numpy(boxes),
+            self.scores.detach().float().cpu(),
+            self.labels.detach().cpu(),
+            tuple(geometry.orig_size),
+            masks,
         )
 
     @classmethod

@@ -6,14 +6,13 @@ synthetic dataset when no path is given), runs the training-time dataset check
 records with the split's transform. ``build_loader`` batches it.
 
 A batch is ``(images, targets)``: ``images`` ``float32 [B, 3, S, S]`` normalized with
-``data.mean``/``data.std`` (``(pixel / 255 - mean) / std``), and one target dict per image:
-
-- ``boxes`` ``float32 [N, 4]`` ``(x1, y1, x2, y2)`` in network-input pixels;
-- ``labels`` ``int64 [N]`` in ``0..C-1``;
-- ``image_id`` int; ``orig_size`` ``(h, w)``; ``scale`` ``(sx, sy)`` and ``offset``
-  ``(ox, oy)`` with ``original_xy = (input_xy - offset) / scale``;
-- ``masks`` ``uint8 [N, S, S]`` when ``data.instance_masks`` is set (detection);
-- ``semantic`` ``int64 [S, S]`` (255 = ignore) for the ``segment`` task.
+``data.mean``/``data.std`` (``(pixel / 255 - mean) / std``), and one
+:class:`~cvkit.structures.Target` per image: ``boxes`` ``float32 [N, 4]`` ``(x1, y1, x2, y2)``
+in network-input pixels, ``labels`` ``int64 [N]`` in ``0..C-1``, ``image_id``, the
+:class:`~cvkit.geometry.Geometry` that maps input pixels back to the original image
+(``original_xy = (input_xy - offset) / scale``), ``masks`` ``uint8 [N, S, S]`` when
+``data.instance_masks`` is set (detection) and ``semantic`` ``int64 [S, S]`` (255 = ignore) for
+the ``segment`` task.
 
 Crowd (and VOC difficult) objects are left out of targets; :meth:`RecordsDataset.coco_ground_truth`
 keeps them with ``iscrowd: 1`` so COCO evaluation ignores them.
@@ -21,6 +20,7 @@ keeps them with ``iscrowd: 1`` so COCO evaluation ignores them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import cv2
@@ -34,6 +34,7 @@ from cvkit.data.records import Records
 from cvkit.data.transforms import SampleTransform, build_transform
 from cvkit.errors import ConfigError
 from cvkit.geometry import normalization
+from cvkit.structures import Target
 
 TASKS = ("detect", "segment")
 
@@ -75,7 +76,7 @@ class RecordsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         """``(image uint8 [3, S, S], target)``; the collate function normalizes the batch."""
         sample = self.records.samples[index]
         # Draw the augmentation seed from torch's RNG: it is seeded per worker and epoch by the
@@ -91,18 +92,19 @@ class RecordsDataset(Dataset):
             masks = sample.instance_masks()[keep]
         semantic = sample.semantic_mask() if self.task == "segment" else None
         out = self.transform(image, sample.boxes[keep], sample.labels[keep], masks, semantic)
-        target: dict[str, Any] = {
-            "boxes": torch.from_numpy(out.boxes),
-            "labels": torch.from_numpy(out.labels),
-            "image_id": int(sample.image_id),
-            "orig_size": (int(image.shape[0]), int(image.shape[1])),
-            "scale": out.scale,
-            "offset": out.offset,
-        }
-        if self.instance_masks and out.masks is not None:
-            target["masks"] = torch.from_numpy(out.masks)
-        if out.semantic is not None:
-            target["semantic"] = torch.from_numpy(out.semantic.astype(np.int64))
+        target = Target(
+            boxes=torch.from_numpy(out.boxes),
+            labels=torch.from_numpy(out.labels),
+            # The fit step's scale and offset, relative to the image as read from disk.
+            geometry=dataclasses.replace(out.geometry, orig_size=image.shape[:2]),
+            image_id=int(sample.image_id),
+            masks=torch.from_numpy(out.masks)
+            if self.instance_masks and out.masks is not None
+            else None,
+            semantic=None
+            if out.semantic is None
+            else torch.from_numpy(out.semantic.astype(np.int64)),
+        )
         tensor = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))
         return tensor, target
 
@@ -124,7 +126,7 @@ class Collate:
 
     ``(pixel - 255 * mean) / (255 * std)``, the same arithmetic as
     :func:`cvkit.geometry.normalize` (constants from :func:`cvkit.geometry.normalization`).
-    Targets stay a list of dicts.
+    Targets stay a list (of :class:`~cvkit.structures.Target`).
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -132,7 +134,7 @@ class Collate:
         self.mean = torch.from_numpy(mean_array).view(1, 3, 1, 1)
         self.inv_std = torch.from_numpy(inv_std).view(1, 3, 1, 1)
 
-    def __call__(self, batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict]]:
+    def __call__(self, batch: list[tuple[Tensor, Any]]) -> tuple[Tensor, list[Any]]:
         images = torch.stack([image for image, _ in batch]).float()
         images.sub_(self.mean).mul_(self.inv_std)
         return images, [target for _, target in batch]

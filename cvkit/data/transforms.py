@@ -29,7 +29,7 @@ import numpy as np
 from cvkit.config.data import DataConfig, TransformSpec
 from cvkit.data.records import IGNORE_INDEX, mask_to_box
 from cvkit.errors import ConfigError
-from cvkit.geometry import fit
+from cvkit.geometry import Geometry, fit
 
 # Transforms after which box corners no longer bound the object tightly (``Affine`` only when
 # it rotates or shears).
@@ -57,7 +57,8 @@ class Transformed:
         labels: ``int64 [N]``.
         masks: ``uint8 [N, S, S]`` instance masks or None.
         semantic: ``uint8 [S, S]`` class indices (255 = ignore) or None.
-        scale: ``(sx, sy)``; offset: ``(ox, oy)`` of the final fit step.
+        geometry: the final fit step (``orig_size`` is the size of the image it fitted,
+            i.e. after augmentation).
     """
 
     image: np.ndarray
@@ -65,8 +66,7 @@ class Transformed:
     labels: np.ndarray
     masks: np.ndarray | None
     semantic: np.ndarray | None
-    scale: tuple[float, float]
-    offset: tuple[float, float]
+    geometry: Geometry
 
 
 def preset(task: str, image_size: int) -> list[TransformSpec]:
@@ -239,7 +239,8 @@ class SampleTransform:
             image, boxes, labels, masks, semantic = self._augment(
                 image, boxes, labels, masks, semantic
             )
-        image, scale = fit_to_input(image, self.size, self.policy)
+        image, geometry = fit(image, (self.size, self.size), self.policy)
+        scale = geometry.scale
         if semantic is not None:
             semantic, _ = fit_to_input(
                 semantic, self.size, self.policy, IGNORE_INDEX, cv2.INTER_NEAREST
@@ -256,7 +257,7 @@ class SampleTransform:
         if not keep.all():
             boxes, labels = boxes[keep], labels[keep]
             masks = masks[keep] if masks is not None else None
-        return Transformed(image, boxes, labels, masks, semantic, scale, (0.0, 0.0))
+        return Transformed(image, boxes, labels, masks, semantic, geometry)
 
     def _augment(self, image, boxes, labels, masks, semantic):
         inputs: dict[str, Any] = {

@@ -88,7 +88,7 @@ class CheckpointModel:
 
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[Any, list[Any]]:
         """The model's outputs for ``images`` (eval pre-processing, no grad) and each image's
-        fitted sample (its ``scale`` and ``offset``)."""
+        fitted sample (its ``geometry``)."""
         from cvkit.data.loader import Collate
         from cvkit.data.transforms import build_transform
 
@@ -124,22 +124,15 @@ class CheckpointDetector(CheckpointModel):
     """
 
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        from cvkit.engine.tasks.detect import to_original_pixels
-
         outputs, fitted = self._forward(images)
         predictions = []
         for output, sample, image in zip(outputs, fitted, images, strict=True):
-            geometry = {
-                "scale": sample.scale,
-                "offset": sample.offset,
-                "orig_size": image.shape[:2],
-            }
-            mapped = to_original_pixels(output, geometry)
-            labels = mapped["labels"].numpy().astype(np.int64)
+            mapped = output.to_original(sample.geometry)
+            labels = mapped.labels.numpy().astype(np.int64)
             predictions.append(
                 Detections(
-                    mapped["boxes"].numpy(),
-                    mapped["scores"].numpy(),
+                    mapped.boxes.numpy(),
+                    mapped.scores.numpy(),
                     labels,
                     [self.classes[label] for label in labels],
                     orig_size=image.shape[:2],

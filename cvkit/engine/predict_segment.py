@@ -59,7 +59,7 @@ class CheckpointSegmenter(CheckpointModel):
         masks = []
         for scores, image, sample in zip(logits.float(), images, fitted, strict=True):
             height, width = image.shape[:2]
-            sx, sy = sample.scale
+            sx, sy = sample.geometry.scale
             valid = scores[:, : round(height * sy), : round(width * sx)]
             resized = torch.nn.functional.interpolate(
                 valid[None], size=(height, width), mode="bilinear", align_corners=False

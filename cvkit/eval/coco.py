@@ -13,7 +13,7 @@ import contextlib
 import copy
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,15 +75,17 @@ class CocoMetrics:
 
 
 def detections_to_coco(
-    detections: Sequence[dict[str, Any]],
+    detections: Sequence[Any],
     image_ids: Sequence[int],
     category_ids: Sequence[int],
 ) -> list[dict[str, Any]]:
     """COCO result records for per-image detections.
 
     Args:
-        detections: one dict per image with ``boxes`` (Tensor/array [N, 4], xyxy in original
-            image pixels), ``scores`` [N] and ``labels`` [N] (contiguous 0..C-1).
+        detections: per image, a :class:`~cvkit.structures.Instances`, a runtime
+            :class:`~cvkit.runtime.results.Detections` or a dict with ``boxes`` (Tensor/array
+            [N, 4], xyxy in original image pixels), ``scores`` [N] and ``labels`` [N]
+            (contiguous 0..C-1).
         image_ids: COCO ``image_id`` of each image, same order as ``detections``.
         category_ids: COCO category id of each contiguous label.
 
@@ -96,9 +98,10 @@ def detections_to_coco(
     lookup = np.asarray(category_ids, dtype=np.int64)
     results = []
     for image_id, detection in zip(image_ids, detections, strict=True):
-        boxes = _numpy(detection["boxes"]).reshape(-1, 4).astype(np.float64)
-        scores = _numpy(detection["scores"]).reshape(-1).astype(np.float64)
-        labels = _numpy(detection["labels"]).reshape(-1).astype(np.int64)
+        fields = detection if isinstance(detection, Mapping) else vars(detection)
+        boxes = _numpy(fields["boxes"]).reshape(-1, 4).astype(np.float64)
+        scores = _numpy(fields["scores"]).reshape(-1).astype(np.float64)
+        labels = _numpy(fields["labels"]).reshape(-1).astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= len(lookup)):
             raise DatasetError(
                 f"image {image_id}: label {int(labels.max())} outside 0..{len(lookup) - 1}"

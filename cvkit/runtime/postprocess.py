@@ -28,7 +28,8 @@ def select_detections(
     """Candidates of one image → its detections, as cvkit's torch detectors select them.
 
     Args:
-        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in input pixels.
+        boxes: ``float32 [N, 4]`` (x1, y1, x2, y2) in input pixels shared by all classes, or
+            per-class ``[N, C, 4]``.
         scores: ``float32 [N, C]`` per-class scores in [0, 1].
         score_threshold: keep (candidate, class) pairs scoring strictly above this.
         iou_threshold: class-aware NMS threshold.
@@ -47,22 +48,9 @@ def select_detections(
         keep = keep[best]
     kept_scores = flat[keep]
     labels = (keep % num_classes).astype(np.int64)
-    kept_boxes = boxes[keep // num_classes]
+    kept_boxes = boxes.reshape(-1, 4)[keep] if boxes.ndim == 3 else boxes[keep // num_classes]
     survivors = batched_nms(kept_boxes, kept_scores, labels, iou_threshold)[:max_det]
     return kept_boxes[survivors], kept_scores[survivors], labels[survivors]
-
-
-def boxes_to_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """``[N, 4]`` xyxy input pixels → original pixels, clipped to the original image."""
-    sx, sy = geometry.scale
-    ox, oy = geometry.offset
-    height, width = geometry.orig_size
-    out = (boxes.astype(np.float32) - np.array([ox, oy, ox, oy], dtype=np.float32)) / np.array(
-        [sx, sy, sx, sy], dtype=np.float32
-    )
-    out[:, 0::2] = out[:, 0::2].clip(0, width)
-    out[:, 1::2] = out[:, 1::2].clip(0, height)
-    return out
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

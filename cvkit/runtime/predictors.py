@@ -17,7 +17,6 @@ import numpy as np
 from cvkit.runtime.errors import InputError, ModelFileError
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.postprocess import (
-    boxes_to_original,
     classification,
     segmentation,
     select_detections,
@@ -176,7 +175,7 @@ class Detector(Predictor):
                 )
             results.append(
                 Detections(
-                    boxes_to_original(boxes, geometry),
+                    geometry.boxes_to_original(boxes),
                     scores.astype(np.float32),
                     labels,
                     [self.classes[label] for label in labels],

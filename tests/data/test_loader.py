@@ -65,13 +65,13 @@ def test_eval_batches_map_back_to_original_pixels_exactly(tmp_path, policy):
     assert images.shape == (2, 3, 64, 64) and images.dtype == torch.float32
     for target, sample in zip(targets, records.samples, strict=False):
         keep = ~sample.iscrowd
-        sx, sy = target["scale"]
-        ox, oy = target["offset"]
-        back = (target["boxes"] - torch.tensor([ox, oy, ox, oy])) / torch.tensor([sx, sy, sx, sy])
+        sx, sy = target.geometry.scale
+        ox, oy = target.geometry.offset
+        back = (target.boxes - torch.tensor([ox, oy, ox, oy])) / torch.tensor([sx, sy, sx, sy])
         assert torch.allclose(back, torch.from_numpy(sample.boxes[keep]), atol=1e-4)
-        assert target["labels"].dtype == torch.int64
-        assert target["orig_size"] == (sample.height, sample.width)
-        assert target["image_id"] == sample.image_id
+        assert target.labels.dtype == torch.int64
+        assert target.geometry.orig_size == (sample.height, sample.width)
+        assert target.image_id == sample.image_id
 
 
 def test_normalization_and_ground_truth(tmp_path):
@@ -89,7 +89,7 @@ def test_normalization_and_ground_truth(tmp_path):
     assert len(gt["annotations"]) == 6 and len(crowd) == 1 and crowd[0]["image_id"] == 7
     assert gt["annotations"][0]["bbox"] == [2.5, 3.0, 47.5, 27.0]
     _, target = dataset[2]
-    assert len(target["boxes"]) == 1  # the crowd object is not a training target
+    assert len(target.boxes) == 1  # the crowd object is not a training target
 
 
 def test_synthetic_default_detect_and_segment(tmp_path):
@@ -100,13 +100,13 @@ def test_synthetic_default_detect_and_segment(tmp_path):
     images, targets = next(iter(build_loader(train, config.data, train=True, seed=1)))
     assert images.shape == (2, 3, 64, 64)
     for target in targets:
-        n = len(target["labels"])
-        assert target["boxes"].shape == (n, 4) and target["masks"].shape == (n, 64, 64)
+        n = len(target.labels)
+        assert target.boxes.shape == (n, 4) and target.masks.shape == (n, 64, 64)
     segment = build_dataset(config.data, "val", "segment")
     assert segment.classes == ["background", "circle", "rectangle", "triangle"]
     _, target = segment[0]
-    assert target["semantic"].dtype == torch.int64 and target["semantic"].shape == (64, 64)
-    assert set(target["semantic"].unique().tolist()) <= {0, 1, 2, 3}
+    assert target.semantic.dtype == torch.int64 and target.semantic.shape == (64, 64)
+    assert set(target.semantic.unique().tolist()) <= {0, 1, 2, 3}
 
 
 def test_same_seed_same_batches(tmp_path):
@@ -120,7 +120,7 @@ def test_same_seed_same_batches(tmp_path):
 
     (a, ta), (b, tb), (c, _) = first_batch(0), first_batch(0), first_batch(1)
     assert torch.equal(a, b) and all(
-        torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb, strict=True)
+        torch.equal(x.boxes, y.boxes) for x, y in zip(ta, tb, strict=True)
     )
     assert not torch.equal(a, c)
 

@@ -124,6 +124,7 @@ def test_eval_transform_maps_boxes_back_exactly():
         out = build_transform(cfg, "detect", train=False)(
             np.zeros((60, 100, 3), np.uint8), boxes, np.array([0, 1])
         )
-        sx, sy = out.scale
-        back = (out.boxes - [*out.offset, *out.offset]) / [sx, sy, sx, sy]
+        sx, sy = out.geometry.scale
+        ox, oy = out.geometry.offset
+        back = (out.boxes - [ox, oy, ox, oy]) / [sx, sy, sx, sy]
         assert np.allclose(back, boxes, atol=1e-4)

@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import load_config
 from cvkit.engine.tasks import Task
+from cvkit.geometry import Geometry
 from cvkit.models.build import register_model
+from cvkit.structures import Instances, Target
 
 
 class ToyDataset(Dataset):
@@ -90,8 +92,9 @@ class ToyDetectionDataset(Dataset):
     """Images of different original sizes, placed into a 64×64 input with scale and offset.
 
     Each image's pixel ``[0, 0, 0]`` holds its index, so :class:`OracleDetector` can look up
-    its ground truth. Targets follow the loader contract (boxes in input pixels, ``scale``,
-    ``offset``, ``orig_size``); ``coco_ground_truth()`` holds the boxes in original pixels.
+    its ground truth. Targets follow the loader contract (a :class:`~cvkit.structures.Target`:
+    boxes in input pixels and the geometry back to the original size); ``coco_ground_truth()``
+    holds the boxes in original pixels.
     """
 
     input_size = 64
@@ -117,19 +120,17 @@ class ToyDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         boxes, labels, size, ratio, offset = self.samples[index]
         image = torch.zeros(3, self.input_size, self.input_size)
         image[0, 0, 0] = index
         shift = torch.tensor([*offset, *offset])
-        target = {
-            "boxes": boxes * ratio + shift,
-            "labels": labels,
-            "image_id": 100 + index,
-            "orig_size": size,
-            "scale": (ratio, ratio),
-            "offset": offset,
-        }
+        target = Target(
+            boxes=boxes * ratio + shift,
+            labels=labels,
+            geometry=Geometry(orig_size=size, scale=(ratio, ratio), offset=offset),
+            image_id=100 + index,
+        )
         return image, target
 
     def coco_ground_truth(self) -> dict:
@@ -180,11 +181,12 @@ class OracleDetector(nn.Module):
             _, target = self.dataset[int(image[0, 0, 0])]
             shift = 10 * (1 - self.w.detach())
             outputs.append(
-                {
-                    "boxes": target["boxes"] + shift,
-                    "scores": torch.linspace(1, 0.5, len(target["labels"])),
-                    "labels": target["labels"],
-                }
+                Instances(
+                    target.boxes + shift,
+                    torch.linspace(1, 0.5, len(target.labels)),
+                    target.labels,
+                    tuple(images.shape[-2:]),
+                )
             )
         return outputs
 

@@ -9,10 +9,12 @@ from torch.utils.data import DataLoader
 
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.rundir import RunDir
-from cvkit.engine.tasks import detect, get_task
-from cvkit.engine.tasks.detect import DetectTask, to_original_pixels
+from cvkit.engine.tasks import get_task
+from cvkit.engine.tasks.detect import DetectTask
 from cvkit.engine.trainer import Trainer
 from cvkit.errors import ConfigError
+from cvkit.geometry import Geometry
+from cvkit.structures import Instances
 
 
 def loader(dataset, batch_size=3):
@@ -20,18 +22,19 @@ def loader(dataset, batch_size=3):
 
 
 def test_boxes_map_back_with_scale_and_offset():
-    detection = {
-        "boxes": torch.tensor([[12.0, 23.0, 52.0, 63.0], [-5.0, 0.0, 70.0, 40.0]]),
-        "scores": torch.tensor([0.9, 0.4]),
-        "labels": torch.tensor([1, 0]),
-    }
-    target = {"scale": (0.5, 0.25), "offset": (2.0, 3.0), "orig_size": (200, 100)}
-    mapped = to_original_pixels(detection, target)
+    detection = Instances(
+        torch.tensor([[12.0, 23.0, 52.0, 63.0], [-5.0, 0.0, 70.0, 40.0]]),
+        torch.tensor([0.9, 0.4]),
+        torch.tensor([1, 0]),
+        (64, 64),
+    )
+    geometry = Geometry(orig_size=(200, 100), scale=(0.5, 0.25), offset=(2.0, 3.0))
+    mapped = detection.to_original(geometry)
     # x: (12 - 2) / 0.5 = 20, (52 - 2) / 0.5 = 100; y: (23 - 3) / 0.25 = 80, (63 - 3) / 0.25 = 240
     # then clipped to width 100 / height 200
     expected = torch.tensor([[20.0, 80.0, 100.0, 200.0], [0.0, 0.0, 100.0, 148.0]])
-    torch.testing.assert_close(mapped["boxes"], expected)
-    assert torch.equal(mapped["labels"], detection["labels"])
+    torch.testing.assert_close(mapped.boxes, expected)
+    assert torch.equal(mapped.labels, detection.labels) and mapped.image_size == (200, 100)
 
 
 def test_perfect_detections_score_map_1_only_after_mapping_back(monkeypatch):
@@ -46,7 +49,7 @@ def test_perfect_detections_score_map_1_only_after_mapping_back(monkeypatch):
     assert metrics["mAP"] == pytest.approx(1.0) and metrics["mAP50"] == pytest.approx(1.0)
     assert metrics["AP/circle"] == pytest.approx(1.0) and metrics["AP/square"] == pytest.approx(1.0)
     # the same boxes left in network-input pixels miss the original-pixel ground truth
-    monkeypatch.setattr(detect, "to_original_pixels", lambda detection, target: detection)
+    monkeypatch.setattr(Instances, "to_original", lambda detection, geometry: detection)
     unmapped = task.evaluate(model, loader(dataset), torch.device("cpu"))
     assert unmapped["mAP"] < 0.5
 

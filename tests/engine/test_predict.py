@@ -71,10 +71,10 @@ def reference_detections(weights, image_rgb):
     x = torch.from_numpy((canvas - mean) / std).permute(2, 0, 1)[None]
     with torch.no_grad():
         (output,) = model(x)
-    boxes = output["boxes"].numpy() / ratio
+    boxes = output.boxes.numpy() / ratio
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-    return boxes, output["scores"].numpy(), output["labels"].numpy()
+    return boxes, output.scores.numpy(), output.labels.numpy()
 
 
 def test_detections_match_a_hand_built_pipeline(weights, images):

@@ -10,6 +10,19 @@ from cvkit.config import load_config
 from cvkit.engine.tasks import get_task
 from cvkit.engine.tasks.segment import SegmentTask, segmentation_loss, stack_semantic
 from cvkit.errors import DatasetError
+from cvkit.geometry import Geometry
+from cvkit.structures import Target
+
+
+def semantic_target(semantic: torch.Tensor) -> Target:
+    """A segmentation sample's target: no boxes, the ``[H, W]`` class mask."""
+    size = tuple(semantic.shape)
+    return Target(
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.int64),
+        Geometry(size, (1.0, 1.0)),
+        semantic=semantic,
+    )
 
 
 def test_registered_under_segment():
@@ -44,12 +57,14 @@ def test_all_ignored_batch_gives_zero_loss_with_a_graph():
 
 def test_stack_semantic_checks_targets():
     masks = [torch.zeros(4, 5, dtype=torch.int64), torch.ones(4, 5, dtype=torch.int64)]
-    stacked = stack_semantic([{"semantic": m} for m in masks])
+    stacked = stack_semantic([semantic_target(m) for m in masks])
     assert stacked.shape == (2, 4, 5) and stacked.dtype == torch.int64
-    with pytest.raises(DatasetError, match="image 7: target has no 'semantic' mask"):
-        stack_semantic([{"image_id": 7, "boxes": torch.zeros(0, 4)}])
+    unlabelled = semantic_target(torch.zeros(4, 5))
+    unlabelled.semantic, unlabelled.image_id = None, 7
+    with pytest.raises(DatasetError, match="image 7: target has no semantic mask"):
+        stack_semantic([unlabelled])
     with pytest.raises(DatasetError, match="differ in size"):
-        stack_semantic([{"semantic": torch.zeros(4, 5)}, {"semantic": torch.zeros(5, 4)}])
+        stack_semantic([semantic_target(torch.zeros(4, 5)), semantic_target(torch.zeros(5, 4))])
 
 
 class _Loader(list):
@@ -70,7 +85,7 @@ def test_evaluate_is_miou_of_argmax_predictions():
     images = torch.zeros(2, 3, 2, 3)
     images[0, 0, 0, :2] = 1.0  # predicted class 1 at (0, 0), (0, 1) of image 0
     semantic = torch.tensor([[[1, 0, 0], [0, 0, 255]], [[0, 0, 0], [1, 0, 0]]])
-    batches = _Loader([(images[i : i + 1], [{"semantic": semantic[i]}]) for i in range(2)])
+    batches = _Loader([(images[i : i + 1], [semantic_target(semantic[i])]) for i in range(2)])
     task = SegmentTask(load_config(None, ["task=segment", "model.name=fcn"]))
     metrics = task.evaluate(_OneHot(), batches, torch.device("cpu"))
     # truth/prediction pairs over 11 scored pixels: (1,1) once, (0,1) once, (1,0) once,

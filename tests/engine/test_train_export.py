@@ -71,7 +71,7 @@ def test_eval_score_threshold_is_read_when_eval_runs(tmp_path, tiny_overrides, m
     real = detect.detections_to_coco
 
     def counting(detections, image_ids, category_ids):
-        counted.append(sum(len(d["scores"]) for d in detections))
+        counted.append(sum(len(d.scores) for d in detections))
         return real(detections, image_ids, category_ids)
 
     monkeypatch.setattr(detect, "detections_to_coco", counting)

@@ -5,6 +5,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from cvkit.structures import Instances
+
 
 class ToyDetector(nn.Module):
     """One anchor per cell of a stride-8 grid, a conv head predicting box deltas and scores.
@@ -39,7 +41,7 @@ class ToyDetector(nn.Module):
         boxes = torch.cat([centers - sizes / 2, centers + sizes / 2], dim=-1)
         return boxes, logits.sigmoid()
 
-    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+    def forward(self, images: Tensor) -> list[Instances]:
         """Threshold, best ``topk_candidates`` (box, class) pairs, class-aware NMS, max_det."""
         results = []
         for boxes, scores in zip(*self.candidates(images), strict=True):
@@ -52,11 +54,12 @@ class ToyDetector(nn.Module):
             survivors = batched_nms(kept_boxes, kept_scores, labels, self.iou_threshold)
             survivors = survivors[: self.max_det]
             results.append(
-                {
-                    "boxes": kept_boxes[survivors],
-                    "scores": kept_scores[survivors],
-                    "labels": labels[survivors],
-                }
+                Instances(
+                    kept_boxes[survivors],
+                    kept_scores[survivors],
+                    labels[survivors],
+                    (int(images.shape[-2]), int(images.shape[-1])),
+                )
             )
         return results
 

@@ -48,13 +48,13 @@ def _torch_detections(model, predictor, images):
         outputs = model(torch.from_numpy(batch))
     results = []
     for output, geometry in zip(outputs, geometries, strict=True):
-        boxes = output["boxes"].numpy()
+        boxes = output.boxes.numpy()
         sx, sy = geometry.scale
         boxes = (boxes / np.array([sx, sy, sx, sy], np.float32)).clip(0)
         height, width = geometry.orig_size
         boxes[:, 0::2] = boxes[:, 0::2].clip(max=width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(max=height)
-        results.append((boxes, output["scores"].numpy(), output["labels"].numpy()))
+        results.append((boxes, output.scores.numpy(), output.labels.numpy()))
     return results
 
 

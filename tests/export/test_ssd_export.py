@@ -50,10 +50,10 @@ def _same_as_torch(model, detector, images):
         expected = model(torch.from_numpy(batch))
     got = detector.predict(images)
     for detections, reference, geometry in zip(got, expected, geometries, strict=True):
-        boxes = reference["boxes"].numpy() / geometry.scale[0]
-        assert len(detections.labels) == len(reference["labels"]) > 0
-        np.testing.assert_array_equal(detections.labels, reference["labels"].numpy())
-        np.testing.assert_allclose(detections.scores, reference["scores"].numpy(), atol=1e-4)
+        boxes = reference.boxes.numpy() / geometry.scale[0]
+        assert len(detections.labels) == len(reference.labels) > 0
+        np.testing.assert_array_equal(detections.labels, reference.labels.numpy())
+        np.testing.assert_allclose(detections.scores, reference.scores.numpy(), atol=1e-4)
         side = geometry.orig_size[0]
         assert np.abs(detections.boxes - boxes).max() <= 1e-3 * side
 

@@ -10,6 +10,7 @@ from torchvision.ops import batched_nms as tv_batched_nms
 from cvkit.config import load_config
 from cvkit.config.model import SSDConfig
 from cvkit.errors import ConfigError
+from cvkit.geometry import Geometry
 from cvkit.models.backbones import create_backbone
 from cvkit.models.build import build_model
 from cvkit.models.detection.losses import multibox_loss
@@ -18,6 +19,7 @@ from cvkit.models.detection.ssd import SSD, _flatten_level, level_anchor_sizes
 from cvkit.ops.anchors import default_ssd_sizes
 from cvkit.ops.iou import box_iou
 from cvkit.ops.matching import greedy_assign
+from cvkit.structures import Target
 
 torch.set_num_threads(2)
 NUM_CLASSES = 3
@@ -29,7 +31,7 @@ def tiny_ssd(**options) -> SSD:
     return SSD(backbone, NUM_CLASSES, SSDConfig(extra_blocks=1, extra_channels=32, **options))
 
 
-def random_targets(generator: torch.Generator, batch: int, size: int = SIZE) -> list[dict]:
+def random_targets(generator: torch.Generator, batch: int, size: int = SIZE) -> list[Target]:
     targets = []
     for _ in range(batch):
         n = int(torch.randint(1, 4, (1,), generator=generator))
@@ -37,7 +39,7 @@ def random_targets(generator: torch.Generator, batch: int, size: int = SIZE) -> 
         wh = 8 + torch.rand(n, 2, generator=generator) * size * 0.4
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
         labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-        targets.append({"boxes": boxes, "labels": labels})
+        targets.append(Target(boxes, labels, Geometry((size, size), (1.0, 1.0))))
     return targets
 
 
@@ -75,9 +77,9 @@ def test_forward_backward_shapes(model):
     assert boxes.min() >= 0 and boxes.max() <= SIZE
     assert len(detections) == 2
     for det in detections:
-        assert det["labels"].dtype == torch.int64
-        assert det["boxes"].shape == (len(det["scores"]), 4)
-        assert ((det["labels"] >= 0) & (det["labels"] < NUM_CLASSES)).all()
+        assert det.labels.dtype == torch.int64
+        assert det.boxes.shape == (len(det.scores), 4)
+        assert ((det.labels >= 0) & (det.labels < NUM_CLASSES)).all()
 
 
 def test_anchor_order_matches_prediction_order(model):
@@ -113,10 +115,10 @@ def test_loss_equals_torchvision_ssd_loss(model):
     cls_targets, box_targets = model.match(anchors, targets)
     ours = multibox_loss(logits, deltas, cls_targets, box_targets, 3.0, "smooth_l1")
 
-    matched = [greedy_assign(box_iou(anchors, t["boxes"]), 0.5) for t in targets]
+    matched = [greedy_assign(box_iou(anchors, t.boxes), 0.5) for t in targets]
     reference = TorchvisionSSD.compute_loss(
         _TorchvisionLoss(),
-        [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets],
+        [{"boxes": t.boxes, "labels": t.labels + 1} for t in targets],
         {"cls_logits": logits, "bbox_regression": deltas},
         [anchors] * 3,
         matched,
@@ -124,7 +126,7 @@ def test_loss_equals_torchvision_ssd_loss(model):
     torch.testing.assert_close(ours["cls"], reference["classification"])
     torch.testing.assert_close(ours["box"], reference["bbox_regression"])
     expected_cls = [
-        torch.where(m >= 0, t["labels"][m.clamp(min=0)] + 1, 0)
+        torch.where(m >= 0, t.labels[m.clamp(min=0)] + 1, 0)
         for m, t in zip(matched, targets, strict=True)
     ]
     assert torch.equal(cls_targets, torch.stack(expected_cls))
@@ -139,9 +141,10 @@ class _TorchvisionLoss:
 
 def test_match_marks_labels_and_background(model):
     anchors = torch.tensor([[0, 0, 10, 10], [0, 0, 20, 20], [50, 50, 60, 60]], dtype=torch.float32)
+    geometry = Geometry((SIZE, SIZE), (1.0, 1.0))
     targets = [
-        {"boxes": torch.tensor([[0.0, 0, 19, 19]]), "labels": torch.tensor([2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+        Target(torch.tensor([[0.0, 0, 19, 19]]), torch.tensor([2]), geometry),
+        Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), geometry),
     ]
     cls_targets, box_targets = model.match(anchors, targets)
     assert cls_targets.tolist() == [[0, 3, 0], [0, 0, 0]]
@@ -165,17 +168,17 @@ def test_select_detections_matches_torchvision_nms():
     xy = torch.rand(2, 300, 2, generator=generator) * 80
     boxes = torch.cat([xy, xy + 5 + torch.rand(2, 300, 2, generator=generator) * 30], -1)
     scores = torch.rand(2, 300, 4, generator=generator).softmax(-1)
-    detections = select_detections(boxes, scores, 0.2, 0.45, 50, 400)
+    detections = select_detections(boxes, scores, [(SIZE, SIZE)] * 2, 0.2, 0.45, 50, 400)
     for det, image_boxes, image_scores in zip(detections, boxes, scores, strict=True):
         ref_boxes, ref_scores, ref_labels = reference_selection(
             image_boxes, image_scores, 0.2, 0.45, 50, 400
         )
-        assert len(det["scores"]) == 50
-        torch.testing.assert_close(det["boxes"], ref_boxes)
-        torch.testing.assert_close(det["scores"], ref_scores)
-        assert torch.equal(det["labels"], ref_labels)
-    empty = select_detections(boxes, scores * 0, 0.2, 0.45, 50, 400)
-    assert all(len(det["boxes"]) == 0 and det["boxes"].shape == (0, 4) for det in empty)
+        assert len(det.scores) == 50
+        torch.testing.assert_close(det.boxes, ref_boxes)
+        torch.testing.assert_close(det.scores, ref_scores)
+        assert torch.equal(det.labels, ref_labels)
+    empty = select_detections(boxes, scores * 0, [(SIZE, SIZE)] * 2, 0.2, 0.45, 50, 400)
+    assert all(len(det.boxes) == 0 and det.boxes.shape == (0, 4) for det in empty)
 
 
 def test_anchor_sizes_follow_the_paper_rule_or_the_config():
@@ -209,13 +212,13 @@ def test_build_model_uses_the_config(tmp_path):
     assert groups == {"body": 1.0, "head": 10.0}
 
 
-def painted_batch(generator: torch.Generator, batch: int) -> tuple[torch.Tensor, list[dict]]:
+def painted_batch(generator: torch.Generator, batch: int) -> tuple[torch.Tensor, list[Target]]:
     """Noise images with filled rectangles whose colour is their class (red, green, blue)."""
     images = torch.rand(batch, 3, SIZE, SIZE, generator=generator) * 0.3
     targets = random_targets(generator, batch)
     for image, target in zip(images, targets, strict=True):
-        target["boxes"] = target["boxes"].round()
-        for box, label in zip(target["boxes"].int().tolist(), target["labels"], strict=True):
+        target.boxes = target.boxes.round()
+        for box, label in zip(target.boxes.int().tolist(), target.labels, strict=True):
             x1, y1, x2, y2 = box
             image[:, y1:y2, x1:x2] = 0
             image[label, y1:y2, x1:x2] = 1
@@ -241,7 +244,7 @@ def test_loss_decreases_when_overfitting_four_images():
     with torch.no_grad():
         detections = ssd(images)
     for det, target in zip(detections, targets, strict=True):
-        confident = det["scores"] > 0.5
-        iou = box_iou(target["boxes"], det["boxes"][confident])
-        same_class = target["labels"][:, None] == det["labels"][confident][None, :]
+        confident = det.scores > 0.5
+        iou = box_iou(target.boxes, det.boxes[confident])
+        same_class = target.labels[:, None] == det.labels[confident][None, :]
         assert ((iou > 0.5) & same_class).any(1).all()

@@ -6,7 +6,6 @@ import torch
 from torchvision.ops import batched_nms
 
 from cvkit.runtime.postprocess import (
-    boxes_to_original,
     classification,
     segmentation,
     select_detections,
@@ -52,7 +51,7 @@ def test_boxes_to_original_inverts_the_geometry_and_clips():
     geometry = Geometry(orig_size=(100, 200), scale=(0.5, 0.25), offset=(2.0, 4.0))
     boxes = np.array([[12, 9, 52, 29], [-10, -10, 500, 500]], np.float32)
     np.testing.assert_allclose(
-        boxes_to_original(boxes, geometry), [[20, 20, 100, 100], [0, 0, 200, 100]]
+        geometry.boxes_to_original(boxes), [[20, 20, 100, 100], [0, 0, 200, 100]]
     )
 
 

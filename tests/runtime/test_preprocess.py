@@ -93,8 +93,7 @@ def test_matches_the_training_eval_preset_exactly(policy):
     expected, _ = collate([(torch.from_numpy(s.image).permute(2, 0, 1), {}) for s in samples])
     batch, geometries = preprocess(images, (64, 64), policy, IMAGENET_MEAN, IMAGENET_STD)
     np.testing.assert_array_equal(batch, expected.numpy())
-    assert [g.scale for g in geometries] == [s.scale for s in samples]
-    assert all(g.offset == s.offset for g, s in zip(geometries, samples, strict=True))
+    assert geometries == [s.geometry for s in samples]
 
 
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
@@ -104,8 +103,10 @@ def test_files_and_arrays_of_every_channel_layout_read_alike(tmp_path, channels)
     array = rng.integers(0, 256, shape, np.uint8)
     path = tmp_path / "image.png"
     # PNG stores what it is given: gray, BGR or BGRA (OpenCV's channel order)
-    on_disk = array if channels in (None, 1) else cv2.cvtColor(
-        array, cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA
+    on_disk = (
+        array
+        if channels in (None, 1)
+        else cv2.cvtColor(array, cv2.COLOR_RGB2BGR if channels == 3 else cv2.COLOR_RGBA2BGRA)
     )
     assert cv2.imwrite(str(path), on_disk)
     from_file, from_array = read_image(path), read_image(array)

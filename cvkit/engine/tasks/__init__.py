@@ -101,22 +101,18 @@ class Task:
         return model
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
-        """Move an ``(images, targets)`` batch to ``device`` (tensors inside target dicts too)."""
+        """Move an ``(images, targets)`` batch to ``device``.
+
+        ``targets`` is a tensor or a list of per-image records with a
+        ``to(device, non_blocking=...)`` method (:class:`~cvkit.structures.Target`) or of
+        dicts (their tensor values move).
+        """
         images, targets = batch
         non_blocking = device.type == "cuda"
         images = images.to(device, non_blocking=non_blocking)
         if isinstance(targets, torch.Tensor):
             return images, targets.to(device, non_blocking=non_blocking)
-        moved = [
-            {
-                key: value.to(device, non_blocking=non_blocking)
-                if isinstance(value, torch.Tensor)
-                else value
-                for key, value in target.items()
-            }
-            for target in targets
-        ]
-        return images, moved
+        return images, [_target_to(target, device, non_blocking) for target in targets]
 
     def batch_size(self, batch: Batch) -> int:
         """Number of images in ``batch`` (for images/s)."""
@@ -143,6 +139,18 @@ class Task:
         return " ".join(
             f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float)
         )
+
+
+def _target_to(target: Any, device: torch.device, non_blocking: bool) -> Any:
+    """One image's target on ``device``: a record with ``.to`` or a dict of tensors/values."""
+    if isinstance(target, dict):
+        return {
+            key: value.to(device, non_blocking=non_blocking)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in target.items()
+        }
+    return target.to(device, non_blocking=non_blocking)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:

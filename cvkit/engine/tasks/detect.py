@@ -1,9 +1,9 @@
 """The object-detection task: the detector computes its own losses; validation is COCO mAP.
 
 Training calls ``model(images, targets)``, which returns a ``dict[str, Tensor]`` of losses.
-Validation runs ``model(images)`` in eval mode, maps each image's boxes from network-input
-pixels back to original pixels with the target's ``scale``/``offset``
-(``original = (input - offset) / scale``, clipped to ``orig_size``), and scores them against
+Validation runs ``model(images)`` in eval mode (one :class:`~cvkit.structures.Instances` per
+image), maps each image's boxes from network-input pixels back to original pixels with the
+target's :class:`~cvkit.geometry.Geometry` (:meth:`Instances.to_original`), and scores them against
 ``dataset.coco_ground_truth()`` with :func:`cvkit.eval.coco.evaluate_coco`. ``best.pt``
 follows ``mAP`` (AP@[.5:.95]). ``model.pretrained`` initializes the detector's backbone.
 """
@@ -20,33 +20,6 @@ from cvkit.engine.tasks import Task, register_task
 from cvkit.errors import DatasetError
 from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco
 from cvkit.logs import progress
-
-
-def to_original_pixels(detection: dict[str, Tensor], target: dict[str, Any]) -> dict[str, Tensor]:
-    """One image's detections with boxes mapped from network-input to original pixels.
-
-    Args:
-        detection: ``boxes`` [N, 4] xyxy in input pixels, ``scores`` [N], ``labels`` [N].
-        target: the image's target with ``scale`` (sx, sy), ``offset`` (ox, oy) and
-            ``orig_size`` (h, w).
-
-    Returns:
-        The same keys on the CPU, ``boxes`` xyxy in original pixels clipped to the image.
-    """
-    boxes = detection["boxes"].detach().float().cpu()
-    sx, sy = (float(v) for v in target["scale"])
-    ox, oy = (float(v) for v in target["offset"])
-    height, width = (float(v) for v in target["orig_size"])
-    offset = torch.tensor([ox, oy, ox, oy])
-    scale = torch.tensor([sx, sy, sx, sy])
-    boxes = (boxes - offset) / scale
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    return {
-        "boxes": boxes,
-        "scores": detection["scores"].detach().float().cpu(),
-        "labels": detection["labels"].detach().cpu(),
-    }
 
 
 @register_task("detect")
@@ -98,8 +71,8 @@ class DetectTask(Task):
         for images, targets in progress(loader, desc="val", lines=1):
             outputs = model(images.to(device))
             for output, target in zip(outputs, targets, strict=True):
-                detections.append(to_original_pixels(output, target))
-                image_ids.append(int(target["image_id"]))
+                detections.append(output.to_original(target.geometry))
+                image_ids.append(target.image_id)
         results = detections_to_coco(detections, image_ids, category_ids)
         return evaluate_coco(ground_truth, results, backend=self.config.eval.coco_backend)
 

@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 from cvkit.engine.tasks import Task, register_task
 from cvkit.errors import DatasetError
 from cvkit.eval.segmentation import IGNORE_INDEX, SegmentationEvaluator
+from cvkit.structures import Target
 
 
-def stack_semantic(targets: Sequence[dict[str, Any]]) -> Tensor:
+def stack_semantic(targets: Sequence[Target]) -> Tensor:
     """The batch's semantic masks as one ``Tensor[B, H, W]`` int64 (255 = ignore).
 
     Raises:
@@ -31,12 +32,12 @@ def stack_semantic(targets: Sequence[dict[str, Any]]) -> Tensor:
     """
     masks = []
     for target in targets:
-        if "semantic" not in target:
+        if target.semantic is None:
             raise DatasetError(
-                f"image {target.get('image_id')}: target has no 'semantic' mask; a segmentation "
-                f"dataset must give one per image (keys: {sorted(target)})"
+                f"image {target.image_id}: target has no semantic mask; a segmentation "
+                "dataset must give one per image"
             )
-        masks.append(target["semantic"])
+        masks.append(target.semantic)
     sizes = {tuple(mask.shape) for mask in masks}
     if len(sizes) > 1:
         raise DatasetError(f"semantic masks of one batch differ in size: {sorted(sizes)}")

@@ -31,6 +31,7 @@ from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
 from cvkit.ops.iou import box_iou
 from cvkit.ops.matching import greedy_assign
+from cvkit.structures import Instances, Target
 
 
 def extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -196,31 +197,34 @@ class SSD(nn.Module):
         return boxes, logits.float().softmax(-1)[..., 1:]
 
     def forward(
-        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        self, images: Tensor, targets: list[Target] | None = None
+    ) -> dict[str, Tensor] | list[Instances]:
         """Losses in training mode, detections in eval mode.
 
         Args:
             images (Tensor[B, 3, H, W]): normalized images.
-            targets: training only; per image ``boxes`` Tensor[N, 4] xyxy input pixels and
-                ``labels`` Tensor[N] int64 in 0..C-1.
+            targets: training only; one :class:`~cvkit.structures.Target` per image
+                (``boxes`` Tensor[N, 4] xyxy input pixels, ``labels`` Tensor[N] int64 in 0..C-1).
 
         Returns:
             training: ``{"cls": Tensor[], "box": Tensor[]}``;
-            eval: per image ``{boxes [K, 4] xyxy pixels, scores [K], labels [K]}``.
+            eval: one :class:`~cvkit.structures.Instances` per image (``boxes [K, 4]`` xyxy
+            input pixels, ``scores [K]``, ``labels [K]``).
         """
         if not self.training:
             boxes, scores = self.candidates(images)
+            size = (int(images.shape[-2]), int(images.shape[-1]))
             return select_detections(
                 boxes,
                 scores,
+                [size] * len(images),
                 self.inference.score_threshold,
                 self.inference.iou_threshold,
                 self.inference.max_det,
                 self.options.topk_candidates,
             )
         if targets is None or len(targets) != len(images):
-            raise ValueError("SSD in training mode needs one target dict per image")
+            raise ValueError("SSD in training mode needs one Target per image")
         logits, deltas, anchors = self.predict(images)
         cls_targets, box_targets = self.match(anchors, targets)
         losses = multibox_loss(
@@ -234,12 +238,13 @@ class SSD(nn.Module):
         losses["box"] = losses["box"] * self.options.box_loss_weight
         return losses
 
-    def match(self, anchors: Tensor, targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    def match(self, anchors: Tensor, targets: list[Target]) -> tuple[Tensor, Tensor]:
         """Training targets of every anchor.
 
         Args:
             anchors (Tensor[A, 4]): xyxy pixels.
-            targets: per image ``boxes`` [N, 4] xyxy pixels and ``labels`` [N].
+            targets: one :class:`~cvkit.structures.Target` per image (``boxes`` [N, 4] xyxy
+                pixels, ``labels`` [N]).
 
         Returns:
             cls_targets (Tensor[B, A]) int64: 0 background, ``label + 1`` for a matched anchor;
@@ -248,7 +253,7 @@ class SSD(nn.Module):
         """
         classes, matched_boxes = [], []
         for target in targets:
-            boxes, labels = target["boxes"], target["labels"]
+            boxes, labels = target.boxes, target.labels
             if boxes.numel() == 0:
                 classes.append(torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device))
                 matched_boxes.append(anchors)
