@@ -13,6 +13,7 @@ from cvkit.ops.anchors import (
     yolo_anchors,
 )
 from cvkit.ops.boxes import (
+    BoxConversionError,
     BoxDtypeError,
     BoxError,
     BoxShapeError,
@@ -22,6 +23,7 @@ from cvkit.ops.boxes import (
     clip_boxes,
     clip_boxes_to_image,
     masks_to_boxes,
+    normalize_boxes,
     remove_small_boxes,
     sanitize_boxes,
 )
@@ -57,6 +59,7 @@ from cvkit.ops.nms import (
 from cvkit.ops.roi import boxes_to_rois, fpn_levels, multiscale_roi_align, roi_align, roi_pool
 
 __all__ = [
+    "BoxConversionError",
     "BoxDtypeError",
     "BoxError",
     "BoxShapeError",
@@ -97,6 +100,7 @@ __all__ = [
     "multibox_prior",
     "multiscale_roi_align",
     "nms",
+    "normalize_boxes",
     "padded_nms",
     "remove_small_boxes",
     "roi_align",

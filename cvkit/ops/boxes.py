@@ -1,12 +1,21 @@
-"""Box formats and box clean-up: conversion, area, clipping, small/invalid box removal.
+"""Box formats and box clean-up: conversion, normalization, area, clipping, small box removal.
 
 Inside cvkit a box is a row of ``Tensor[N, 4]`` holding ``(x1, y1, x2, y2)`` in absolute pixels.
-The other layouts (``xywh`` = top-left corner plus size, ``cxcywh`` = centre plus size) and
-normalized coordinates (fractions of the image width and height) exist only at I/O
-boundaries; :func:`box_convert` is the one place that translates between them.
+The other layouts exist only at I/O boundaries, and :func:`box_convert` is the one place that
+translates between them, with ``torchvision.ops.box_convert``'s names and results:
+
+- axis-aligned, 4 numbers: ``xyxy`` (corners), ``xywh`` (top-left corner plus size),
+  ``cxcywh`` (centre plus size);
+- rotated, ``r`` in degrees counter-clockwise about the box centre: ``xywhr`` and ``cxcywhr``
+  (5 numbers), ``xyxyxyxy`` (8 numbers: the corners from the top-left one, clockwise).
+
+Normalized coordinates (fractions of the image width and height) are handled by
+:func:`normalize_boxes`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -14,7 +23,10 @@ from torch import Tensor
 from cvkit.errors import CvkitError
 from cvkit.logs import get_logger
 
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+AXIS_ALIGNED_FORMATS = ("xyxy", "xywh", "cxcywh")
+ROTATED_FORMATS = ("xywhr", "cxcywhr", "xyxyxyxy")
+BOX_FORMATS = AXIS_ALIGNED_FORMATS + ROTATED_FORMATS
+_COORDS = {"xywhr": 5, "cxcywhr": 5, "xyxyxyxy": 8}
 
 _log = get_logger("ops")
 
@@ -27,27 +39,34 @@ class BoxError(CvkitError, ValueError):
     """
 
 
-class BoxTypeError(BoxError, TypeError, AttributeError):
-    """Boxes are not a ``torch.Tensor`` (torchvision: ``AttributeError`` or ``TypeError``)."""
+class BoxTypeError(BoxError, TypeError, AttributeError, RuntimeError):
+    """An argument is not a ``torch.Tensor`` (torchvision: ``AttributeError``, ``TypeError``,
+    or ``RuntimeError`` from its C++ ops)."""
 
 
-class BoxShapeError(BoxError, IndexError, RuntimeError):
-    """Boxes or their companions have the wrong shape (torchvision: ``IndexError``, ...)."""
+class BoxShapeError(BoxError, IndexError, RuntimeError, AssertionError):
+    """Boxes or their companions have the wrong shape (torchvision: ``IndexError``,
+    ``RuntimeError``, or ``AssertionError`` from ``torch._assert`` in the RoI ops)."""
 
 
 class BoxDtypeError(BoxError, NotImplementedError):
     """Boxes have a dtype the op does not take (torchvision: ``RuntimeError``, ...)."""
 
 
-def check_boxes(boxes: Tensor, name: str = "boxes", integer: bool = False) -> None:
-    """Raise a :class:`BoxError` unless ``boxes`` is a ``Tensor[..., 4]`` of a usable dtype.
+class BoxConversionError(BoxError, NotImplementedError):
+    """No conversion between an axis-aligned and a rotated format (torchvision:
+    ``NotImplementedError``)."""
+
+
+def check_boxes(boxes: Tensor, name: str = "boxes", integer: bool = False, coords: int = 4) -> None:
+    """Raise a :class:`BoxError` unless ``boxes`` is a ``Tensor[..., coords]`` of a usable dtype.
 
     Floating dtypes are always usable; integer (not bool) dtypes too when ``integer``.
     """
     if not isinstance(boxes, Tensor):
         raise BoxTypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
-    if boxes.ndim < 1 or boxes.shape[-1] != 4:
-        raise BoxShapeError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
+    if boxes.ndim < 1 or boxes.shape[-1] != coords:
+        raise BoxShapeError(f"{name} must have shape [..., {coords}], got {tuple(boxes.shape)}")
     if not boxes.is_floating_point() and not (integer and boxes.dtype != torch.bool):
         kind = "a floating or integer" if integer else "a floating"
         raise BoxDtypeError(f"{name} must be {kind} tensor, got dtype {boxes.dtype}")
@@ -60,57 +79,115 @@ def upcast_boxes(boxes: Tensor) -> Tensor:
     return boxes if boxes.dtype in (torch.int32, torch.int64) else boxes.int()
 
 
-def _check_format(fmt: str, name: str) -> None:
-    if fmt not in BOX_FORMATS:
-        raise BoxError(f"{name}={fmt!r} is not a box format; use one of {BOX_FORMATS}")
+def _check_format(fmt: str, name: str, formats: tuple[str, ...] = AXIS_ALIGNED_FORMATS) -> None:
+    if fmt not in formats:
+        raise BoxError(f"{name}={fmt!r} is not a box format; use one of {formats}")
 
 
-def box_convert(
-    boxes: Tensor,
-    in_fmt: str,
-    out_fmt: str,
-    image_size: tuple[int, int] | None = None,
-    in_normalized: bool = False,
-    out_normalized: bool = False,
-) -> Tensor:
-    """Convert boxes between ``xyxy``, ``xywh`` and ``cxcywh``, and normalized ↔ pixels.
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    a, b, c, d = boxes.unbind(-1)
+    if fmt == "xywh":
+        c, d = a + c, b + d
+    elif fmt == "cxcywh":
+        a, b, c, d = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    return torch.stack((a, b, c, d), dim=-1)
+
+
+def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    a, b, c, d = boxes.unbind(-1)
+    if fmt == "xywh":
+        c, d = c - a, d - b
+    elif fmt == "cxcywh":
+        a, b, c, d = (a + c) / 2, (b + d) / 2, c - a, d - b
+    return torch.stack((a, b, c, d), dim=-1)
+
+
+def _cos_sin(degrees: Tensor) -> tuple[Tensor, Tensor]:
+    radians = degrees * math.pi / 180.0
+    return torch.cos(radians), torch.sin(radians)
+
+
+def _rotated_step(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """One rotated conversion to or from ``xywhr``; integer boxes are rounded back to their dtype
+    after each step (as in torchvision)."""
+    coords = boxes if boxes.is_floating_point() else boxes.float()
+    if out_fmt == "xywhr" and in_fmt == "xyxyxyxy":
+        x1, y1, x2, y2, x3, y3, *_ = coords.unbind(-1)
+        w = ((x2 - x1) ** 2 + (y1 - y2) ** 2).sqrt()
+        h = ((x3 - x2) ** 2 + (y3 - y2) ** 2).sqrt()
+        out = torch.stack((x1, y1, w, h, torch.atan2(y1 - y2, x2 - x1) * 180 / math.pi), dim=-1)
+    elif out_fmt == "xyxyxyxy":  # from xywhr
+        x1, y1, w, h, r = coords.unbind(-1)
+        cos, sin = _cos_sin(r)
+        x2, y2 = x1 + w * cos, y1 - w * sin
+        corners = (x1, y1, x2, y2, x2 + h * sin, y2 + h * cos, x1 + h * sin, y1 + h * cos)
+        out = torch.stack(corners, dim=-1)
+    else:  # between xywhr and cxcywhr: move the reference point by half the rotated diagonal
+        x, y, w, h, r = coords.unbind(-1)
+        cos, sin = _cos_sin(r)
+        if in_fmt == "cxcywhr":
+            x, y = x - w / 2 * cos - h / 2 * sin, y - h / 2 * cos + w / 2 * sin
+        else:
+            x, y = x + w / 2 * cos + h / 2 * sin, y - w / 2 * sin + h / 2 * cos
+        out = torch.stack((x, y, w, h, r), dim=-1)
+    return out if boxes.is_floating_point() else out.round().to(boxes.dtype)
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert boxes between formats, as ``torchvision.ops.box_convert``.
 
     Args:
-        boxes (Tensor[..., 4]): boxes in ``in_fmt``; normalized (fractions of the image width
-            and height) when ``in_normalized``, absolute pixels otherwise.
-        in_fmt, out_fmt: one of ``"xyxy"``, ``"xywh"``, ``"cxcywh"``. Integer boxes stay
-            integer where the conversion needs no halving (as in ``torchvision.ops``).
-        image_size: ``(height, width)`` in pixels; needed when exactly one of
-            ``in_normalized`` / ``out_normalized`` is true.
-        in_normalized, out_normalized: whether the input / output coordinates are normalized.
+        boxes (Tensor[..., K]): boxes in ``in_fmt``: ``K = 4`` for ``"xyxy"``, ``"xywh"``,
+            ``"cxcywh"``; ``K = 5`` for ``"xywhr"``, ``"cxcywhr"``; ``K = 8`` for
+            ``"xyxyxyxy"`` (see the module docstring for the layouts).
+        in_fmt, out_fmt: two formats of the same family (axis-aligned or rotated).
 
     Returns:
-        Tensor[..., 4]: the same boxes in ``out_fmt`` (a new tensor).
+        Tensor[..., K']: the same boxes in ``out_fmt`` (always a new tensor). Integer
+        axis-aligned boxes stay integer unless the conversion halves (to or from ``cxcywh``,
+        which gives float); integer rotated boxes are rounded back to their dtype.
+
+    Raises:
+        BoxError: an unknown format name (a ``ValueError``); BoxConversionError: formats of
+        different families (a ``NotImplementedError``).
+    """
+    _check_format(in_fmt, "in_fmt", BOX_FORMATS)
+    _check_format(out_fmt, "out_fmt", BOX_FORMATS)
+    rotated = in_fmt in ROTATED_FORMATS
+    if rotated != (out_fmt in ROTATED_FORMATS):
+        raise BoxConversionError(
+            f"no conversion from {in_fmt!r} to {out_fmt!r}: one is axis-aligned, one rotated"
+        )
+    check_boxes(boxes, integer=True, coords=_COORDS.get(in_fmt, 4))
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    if not rotated:
+        return _from_xyxy(_to_xyxy(boxes, in_fmt), out_fmt)
+    if in_fmt != "xywhr":
+        boxes = _rotated_step(boxes, in_fmt, "xywhr")
+    return boxes if out_fmt == "xywhr" else _rotated_step(boxes, "xywhr", out_fmt)
+
+
+def normalize_boxes(boxes: Tensor, image_size: tuple[int, int], inverse: bool = False) -> Tensor:
+    """Pixel boxes → fractions of the image size, or back when ``inverse``.
+
+    Args:
+        boxes (Tensor[..., 4]): boxes in any axis-aligned format (``xyxy``, ``xywh``,
+            ``cxcywh``: all four numbers scale with ``(width, height, width, height)``).
+        image_size: ``(height, width)`` in pixels, both positive.
+        inverse: ``False``: pixels in, fractions out; ``True``: fractions in, pixels out.
+
+    Returns:
+        Tensor[..., 4] floating: the scaled boxes, in the same format.
     """
     check_boxes(boxes, integer=True)
-    _check_format(in_fmt, "in_fmt")
-    _check_format(out_fmt, "out_fmt")
-    scale = None
-    if in_normalized != out_normalized:
-        if image_size is None:
-            raise BoxError("box_convert needs image_size=(height, width) to change normalization")
-        height, width = image_size
-        if height <= 0 or width <= 0:
-            raise BoxError(f"image_size must be positive (height, width), got {image_size}")
-        scale = boxes.new_tensor([width, height, width, height])
-        if out_normalized:
-            scale = 1.0 / scale
-    a, b, c, d = boxes.unbind(-1)
-    if in_fmt == "xywh":
-        c, d = a + c, b + d
-    elif in_fmt == "cxcywh":
-        a, b, c, d = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
-    if out_fmt == "xywh":
-        c, d = c - a, d - b
-    elif out_fmt == "cxcywh":
-        a, b, c, d = 0.5 * (a + c), 0.5 * (b + d), c - a, d - b
-    out = torch.stack((a, b, c, d), dim=-1)
-    return out if scale is None else out * scale
+    height, width = image_size
+    if height <= 0 or width <= 0:
+        raise BoxError(f"image_size must be positive (height, width), got {image_size}")
+    scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+    boxes = boxes if boxes.is_floating_point() else boxes.float()
+    scale = scale.to(boxes)
+    return boxes * scale if inverse else boxes / scale
 
 
 def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
@@ -133,20 +210,24 @@ def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
 
 
 def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clip boxes to the image ``[0, width] × [0, height]``.
+    """Clip boxes (or any ``(x, y)`` points) to the image ``[0, width] × [0, height]``.
 
     Args:
-        boxes (Tensor[..., 4]): float or integer ``(x1, y1, x2, y2)`` in pixels.
+        boxes (Tensor[..., 2K]): float or integer ``(x, y)`` pairs in pixels, such as
+            ``(x1, y1, x2, y2)`` boxes (``K = 2``) or ``xyxyxyxy`` corners (``K = 4``).
         image_size: ``(height, width)`` in pixels.
 
     Returns:
-        Tensor[..., 4]: clipped boxes (a new tensor of the same dtype).
+        Tensor[..., 2K]: clipped boxes (a new tensor of the same dtype).
     """
-    check_boxes(boxes, integer=True)
+    if not isinstance(boxes, Tensor):
+        raise BoxTypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.ndim < 1 or boxes.shape[-1] % 2:
+        raise BoxShapeError(f"boxes must have shape [..., 2K] (x, y), got {tuple(boxes.shape)}")
     height, width = image_size
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -162,12 +243,14 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
         min_size: minimum side length, in the units of ``boxes``.
 
     Returns:
-        Tensor[K] int64: kept indices, increasing.
+        Tensor[K] int64: kept indices, increasing. As in torchvision, boxes with more leading
+        dimensions (``Tensor[N, ..., 4]``) give the first index of each kept box, and one box
+        ``Tensor[4]`` gives ``[0]`` or ``[]``.
     """
     check_boxes(boxes, integer=True)
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    return torch.nonzero((widths >= min_size) & (heights >= min_size)).flatten()
+    widths = boxes[..., 2] - boxes[..., 0]
+    heights = boxes[..., 3] - boxes[..., 1]
+    return torch.where((widths >= min_size) & (heights >= min_size))[0]
 
 
 def sanitize_boxes(boxes: Tensor, min_size: float = 0.0) -> tuple[Tensor, int]:

@@ -1,10 +1,11 @@
 """Overlap measures between boxes (IoU, GIoU, DIoU, CIoU), their losses, and mask IoU.
 
 Pairwise forms take ``boxes1 (Tensor[..., N, 4])`` and ``boxes2 (Tensor[..., M, 4])`` and return
-``Tensor[..., N, M]``; aligned forms take two ``Tensor[..., 4]`` of the same shape and return
-``Tensor[...]`` (box ``i`` against box ``i``). Boxes are ``(x1, y1, x2, y2)``. Half-precision
-and integer boxes are computed in float32 (the results are float, as in torchvision). Two
-zero-area boxes have IoU 0 / 0 = NaN, as in torchvision.
+``Tensor[..., N, M]``; aligned forms (and the losses) take two ``Tensor[..., 4]`` whose shapes
+broadcast and return ``Tensor[...]`` of the broadcast shape (box ``i`` against box ``i``).
+Boxes are ``(x1, y1, x2, y2)``. Half-precision and integer (not bool) boxes are computed in
+float32 (the results are float, as in torchvision). Two zero-area boxes have IoU 0 / 0 = NaN,
+as in torchvision; the losses add ``eps`` to the union, as torchvision's do, and stay finite.
 
 :func:`box_iou` on the CPU works on row blocks that stay in cache and reuses two scratch
 buffers with in-place ops, which makes it several times faster than the textbook broadcast
@@ -132,16 +133,21 @@ def _enclosing_area(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return wh[..., 0] * wh[..., 1]
 
 
-def _giou(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+def _giou(boxes1: Tensor, boxes2: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """GIoU and IoU of broadcast boxes; ``eps`` (the losses') is added to both denominators."""
     inter, union = _inter_union(boxes1, boxes2)
-    iou = inter / union
+    iou = inter / (union + eps)
     enclosing = _enclosing_area(boxes1, boxes2)
-    return iou - (enclosing - union) / enclosing, iou
+    return iou - (enclosing - union) / (enclosing + eps), iou
 
 
-def _diou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _diou(
+    boxes1: Tensor, boxes2: Tensor, eps: float, union_eps: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """DIoU and IoU of broadcast boxes: ``eps`` is added to the squared enclosing diagonal and
+    ``union_eps`` (the losses') to the union."""
     inter, union = _inter_union(boxes1, boxes2)
-    iou = inter / union
+    iou = inter / (union + union_eps)
     enclosing_wh = (
         torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
         - torch.minimum(boxes1[..., :2], boxes2[..., :2])
@@ -151,8 +157,11 @@ def _diou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return iou - centre_delta.square().sum(-1) / diagonal_sq, iou
 
 
-def _ciou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    diou, iou = _diou(boxes1, boxes2, eps)
+def _ciou(
+    boxes1: Tensor, boxes2: Tensor, eps: float, union_eps: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """CIoU and IoU of broadcast boxes; ``eps`` and ``union_eps`` as in :func:`_diou`."""
+    diou, iou = _diou(boxes1, boxes2, eps, union_eps)
     wh1 = boxes1[..., 2:] - boxes1[..., :2]
     wh2 = boxes2[..., 2:] - boxes2[..., :2]
     aspect = torch.atan(wh2[..., 0] / wh2[..., 1]) - torch.atan(wh1[..., 0] / wh1[..., 1])
@@ -206,11 +215,13 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
 def _aligned_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     check_boxes(boxes1, "boxes1", integer=True)
     check_boxes(boxes2, "boxes2", integer=True)
-    if boxes1.shape != boxes2.shape:
+    try:
+        torch.broadcast_shapes(boxes1.shape, boxes2.shape)
+    except RuntimeError:
         raise BoxShapeError(
-            f"aligned IoU needs boxes of the same shape, got {tuple(boxes1.shape)} "
+            f"aligned IoU needs boxes of broadcastable shapes, got {tuple(boxes1.shape)} "
             f"and {tuple(boxes2.shape)}"
-        )
+        ) from None
     return _upcast(boxes1), _upcast(boxes2)
 
 
@@ -246,37 +257,50 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise BoxError(f"reduction={reduction!r} is not one of {_REDUCTIONS}")
 
 
-def giou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
-    """``1 - GIoU`` of aligned boxes, differentiable in both inputs.
+def generalized_box_iou_loss(
+    boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7
+) -> Tensor:
+    """``1 - GIoU`` of aligned boxes, differentiable in both inputs (torchvision's loss).
 
     Args:
         boxes1 (Tensor[..., 4]): predicted ``(x1, y1, x2, y2)``.
-        boxes2 (Tensor[..., 4]): target ``(x1, y1, x2, y2)``, same shape.
-        reduction: ``"none"`` (``Tensor[...]``), ``"mean"`` or ``"sum"`` (scalar).
-        eps: added to the union and enclosing areas so degenerate boxes give finite gradients.
+        boxes2 (Tensor[..., 4]): target ``(x1, y1, x2, y2)``, a shape that broadcasts with
+            ``boxes1`` (e.g. ``Tensor[N, 4]`` and ``Tensor[4]``).
+        reduction: ``"none"`` (``Tensor[...]``, the broadcast shape), ``"mean"`` or ``"sum"``
+            (scalar; the mean of no boxes is 0).
+        eps: added to the union and enclosing areas, so degenerate (zero-area) boxes give
+            finite losses and gradients.
+
+    Float16, bfloat16 and integer boxes are computed in float32.
     """
     boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    inter, union = _inter_union(boxes1, boxes2)
-    union = union + eps
-    enclosing = _enclosing_area(boxes1, boxes2) + eps
-    giou = inter / union - (enclosing - union) / enclosing
-    return _reduce(1 - giou, reduction)
+    return _reduce(1 - _giou(boxes1, boxes2, eps)[0], reduction)
 
 
-def diou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
-    """``1 - DIoU`` of aligned boxes ``Tensor[..., 4]``, differentiable; see :func:`giou_loss`."""
-    boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    return _reduce(1 - _diou(boxes1, boxes2, eps)[0], reduction)
+def distance_box_iou_loss(
+    boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7
+) -> Tensor:
+    """``1 - DIoU`` of aligned boxes ``Tensor[..., 4]`` ``(x1, y1, x2, y2)``, differentiable.
 
-
-def ciou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7) -> Tensor:
-    """``1 - CIoU`` of aligned boxes ``Tensor[..., 4]``, differentiable; see :func:`giou_loss`.
-
-    The trade-off weight ``alpha`` is treated as a constant in the backward pass, as in the CIoU
-    paper.
+    Arguments as in :func:`generalized_box_iou_loss`; ``eps`` is added to the union and to the
+    squared diagonal of the enclosing box.
     """
     boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    return _reduce(1 - _ciou(boxes1, boxes2, eps)[0], reduction)
+    return _reduce(1 - _diou(boxes1, boxes2, eps, union_eps=eps)[0], reduction)
+
+
+def complete_box_iou_loss(
+    boxes1: Tensor, boxes2: Tensor, reduction: str = "none", eps: float = 1e-7
+) -> Tensor:
+    """``1 - CIoU`` of aligned boxes ``Tensor[..., 4]`` ``(x1, y1, x2, y2)``, differentiable.
+
+    Arguments as in :func:`distance_box_iou_loss`. The trade-off weight ``alpha`` is treated as
+    a constant in the backward pass, as in the CIoU paper and torchvision. (torchvision uses
+    ``eps=1e-7`` in the DIoU part whatever ``eps`` is passed; here ``eps`` applies throughout,
+    which gives the same losses with the default.)
+    """
+    boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
+    return _reduce(1 - _ciou(boxes1, boxes2, eps, union_eps=eps)[0], reduction)
 
 
 def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
@@ -301,6 +325,6 @@ def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
-generalized_box_iou_loss = giou_loss
-distance_box_iou_loss = diou_loss
-complete_box_iou_loss = ciou_loss
+giou_loss = generalized_box_iou_loss
+diou_loss = distance_box_iou_loss
+ciou_loss = complete_box_iou_loss

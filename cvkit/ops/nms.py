@@ -14,8 +14,8 @@ chains of boxes that each overlap only the next) the remaining work is done exac
 pass over the edges in score order. The band of a box ends where the x-overlap can no longer
 exceed ``threshold * width``, so higher thresholds compare fewer pairs. The sweep's ops are
 small and run on the calling thread (see :func:`_calling_thread_only`). The result equals
-``torchvision.ops.nms`` index for index. On CUDA, in half precision and while tracing for
-ONNX, torchvision's kernels are used directly.
+``torchvision.ops.nms`` index for index. On CUDA, in half precision, while tracing for ONNX
+and for IoU thresholds outside [0, 1], torchvision's kernels are used directly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from cvkit.ops.boxes import BoxError, BoxShapeError, box_area, check_boxes
+from cvkit.ops.boxes import BoxError, BoxShapeError, BoxTypeError, box_area, check_boxes
 from cvkit.ops.iou import CPU_BLOCK_ELEMENTS, _box_iou_blocked, _diou, _inter_union, _iou_into
 
 _MAX_SWEEPS = 32
@@ -39,15 +39,21 @@ _SOFT_NMS_MATRIX_SIDE = 4096
 _SCORE_LAYOUTS = ("bnc", "bcn")
 
 
-def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
+def _check_nms_inputs(boxes: Tensor, scores: Tensor) -> None:
     check_boxes(boxes)
     if boxes.ndim != 2:
         raise BoxShapeError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
+    if not isinstance(scores, Tensor):
+        raise BoxTypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
         raise BoxShapeError(
             f"scores must have shape [N] matching boxes [N, 4], got scores "
             f"{tuple(scores.shape)} and boxes {tuple(boxes.shape)}"
         )
+
+
+def _check_iou_threshold(iou_threshold: float) -> None:
+    """The NMS forms torchvision does not have take thresholds in [0, 1] only."""
     if not 0.0 <= float(iou_threshold) <= 1.0:
         raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
 
@@ -236,12 +242,15 @@ def _greedy_nms_sweep(
     return order[keep]
 
 
-def _use_torchvision_kernel(boxes: Tensor) -> bool:
-    """torchvision's kernels serve CUDA, ONNX tracing and half precision."""
+def _use_torchvision_kernel(boxes: Tensor, iou_threshold: float) -> bool:
+    """torchvision's kernels serve CUDA, ONNX tracing, half precision, and thresholds outside
+    [0, 1] (the band bound of the sweep assumes ``0 <= t``; torchvision's kernel compares
+    ``IoU > t`` for any ``t``: a negative one suppresses all overlaps, NaN or above 1 none)."""
     return (
         boxes.device.type != "cpu"
         or torch.jit.is_tracing()
         or boxes.dtype not in (torch.float32, torch.float64)
+        or not 0.0 <= float(iou_threshold) <= 1.0
     )
 
 
@@ -252,23 +261,25 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     with it is greater than ``iou_threshold``.
 
     Args:
-        boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)``.
+        boxes (Tensor[N, 4]): floating ``(x1, y1, x2, y2)``.
         scores (Tensor[N]): one score per box.
-        iou_threshold: in [0, 1].
+        iou_threshold: usually in [0, 1]; any float is taken, with torchvision's meaning.
 
     Returns:
         Tensor[K] int64: indices of the kept boxes, by decreasing score (ties: input order);
         identical to ``torchvision.ops.nms``.
     """
-    _check_nms_inputs(boxes, scores, iou_threshold)
+    _check_nms_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    if _use_torchvision_kernel(boxes):
+    if _use_torchvision_kernel(boxes, iou_threshold):
         return torchvision.ops.nms(boxes, scores, iou_threshold)
     return _greedy_nms(boxes, scores, iou_threshold)
 
 
 def _check_idxs(idxs: Tensor, boxes: Tensor) -> None:
+    if not isinstance(idxs, Tensor):
+        raise BoxTypeError(f"idxs must be a torch.Tensor, got {type(idxs).__name__}")
     if idxs.shape != boxes.shape[:1]:
         raise BoxShapeError(
             f"idxs must have shape [N] matching boxes, got {tuple(idxs.shape)} "
@@ -280,21 +291,25 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """Class-aware NMS: boxes with different ``idxs`` never suppress each other.
 
     Args:
-        boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)``.
+        boxes (Tensor[N, 4]): floating ``(x1, y1, x2, y2)``.
         scores (Tensor[N]): one score per box.
         idxs (Tensor[N] int64): class (or image) index of each box.
-        iou_threshold: in [0, 1].
+        iou_threshold: as in :func:`nms`.
 
     Returns:
         Tensor[K] int64: kept indices by decreasing score, ties in input order. The kept set
         equals ``torchvision.ops.batched_nms``'s; so does the order unless scores tie across
-        classes (torchvision orders such ties differently for small and large inputs).
+        classes (torchvision orders such ties differently for small and large inputs). Boxes
+        with no elements, whatever their shape, give an empty ``Tensor[0]`` int64, as in
+        torchvision.
     """
-    _check_nms_inputs(boxes, scores, iou_threshold)
-    _check_idxs(idxs, boxes)
-    if boxes.shape[0] == 0:
+    if not isinstance(boxes, Tensor):
+        raise BoxTypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    if _use_torchvision_kernel(boxes):
+    _check_nms_inputs(boxes, scores)
+    _check_idxs(idxs, boxes)
+    if _use_torchvision_kernel(boxes, iou_threshold):
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
     return _greedy_nms(boxes, scores, iou_threshold, groups=idxs)
 
@@ -314,7 +329,7 @@ def diou_nms(
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)``.
         scores (Tensor[N]): one score per box.
-        iou_threshold: a box is dropped when its DIoU with a kept box is greater than this.
+        iou_threshold: in [0, 1]; a box is dropped when its DIoU with a kept box is greater.
         idxs (Tensor[N] int64, optional): class indices for class-aware suppression.
         eps: as in :func:`cvkit.ops.iou.distance_box_iou`.
 
@@ -322,7 +337,8 @@ def diou_nms(
         Tensor[K] int64: kept indices by decreasing score (ties in input order), on the device
         of ``boxes``. The suppression itself runs on the CPU (CUDA inputs are copied there).
     """
-    _check_nms_inputs(boxes, scores, iou_threshold)
+    _check_nms_inputs(boxes, scores)
+    _check_iou_threshold(iou_threshold)
     if idxs is not None:
         _check_idxs(idxs, boxes)
     if boxes.shape[0] == 0:
@@ -359,7 +375,7 @@ def soft_nms(
         scores (Tensor[N]): one score per box.
         method: ``"gaussian"`` or ``"linear"``.
         sigma: gaussian width (> 0; ``math.inf`` disables the decay).
-        iou_threshold: linear decay applies above this IoU.
+        iou_threshold: in [0, 1]; linear decay applies above this IoU.
         score_threshold: boxes whose updated score is below it are dropped.
 
     Returns:
@@ -367,7 +383,8 @@ def soft_nms(
         (decreasing updated score; ties in input order), ``updated_scores`` (Tensor[K]) their
         decayed scores.
     """
-    _check_nms_inputs(boxes, scores, iou_threshold)
+    _check_nms_inputs(boxes, scores)
+    _check_iou_threshold(iou_threshold)
     if method not in ("gaussian", "linear"):
         raise BoxError(f"soft_nms method must be 'gaussian' or 'linear', got {method!r}")
     if not sigma > 0:
@@ -511,8 +528,7 @@ def batched_nms_padded(
 def _check_selection_settings(iou_threshold: float, max_detections: int) -> None:
     if max_detections < 1:
         raise BoxError(f"max_detections must be >= 1, got {max_detections}")
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise BoxError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_iou_threshold(iou_threshold)
 
 
 def _padded_outputs(

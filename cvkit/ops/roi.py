@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from cvkit.ops.boxes import BoxError, box_area, check_boxes
+from cvkit.ops.boxes import BoxDtypeError, BoxError, BoxShapeError, box_area, check_boxes
 
 
 def boxes_to_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
@@ -26,7 +26,7 @@ def boxes_to_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
     """
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise BoxError(
+            raise BoxShapeError(
                 f"RoIs must be [K, 5] (image_index, x1, y1, x2, y2), got {tuple(boxes.shape)}"
             )
         return boxes
@@ -38,24 +38,25 @@ def boxes_to_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
     return torch.cat([index, torch.cat(list(boxes))], dim=1)
 
 
-def _check_features(features: Tensor, rois: Tensor) -> None:
+def _check_features(features: Tensor, rois: Tensor, name: str = "input") -> None:
     if features.ndim != 4:
-        raise BoxError(f"features must be [B, C, H, W], got {tuple(features.shape)}")
+        raise BoxShapeError(f"{name} must be [B, C, H, W], got {tuple(features.shape)}")
     if rois.dtype != features.dtype:
-        raise BoxError(f"boxes dtype {rois.dtype} differs from features dtype {features.dtype}")
+        raise BoxDtypeError(f"boxes dtype {rois.dtype} differs from {name} dtype {features.dtype}")
 
 
 def roi_pool(
-    features: Tensor,
+    input: Tensor,
     boxes: Tensor | Sequence[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
-    """Max-pool each box's region of ``features`` into a fixed grid (Fast R-CNN RoI pooling).
+    """Max-pool each box's region of ``input`` into a fixed grid (Fast R-CNN RoI pooling).
 
     Args:
-        features (Tensor[B, C, H, W]): feature maps.
-        boxes: one ``Tensor[k_i, 4]`` per image, or ``Tensor[K, 5]`` RoIs.
+        input (Tensor[B, C, H, W]): feature maps (torchvision's name).
+        boxes: one ``Tensor[k_i, 4]`` ``(x1, y1, x2, y2)`` per image, or ``Tensor[K, 5]`` RoIs
+            ``(image_index, x1, y1, x2, y2)``, in input-image pixels; same dtype as ``input``.
         output_size: ``(height, width)`` of the pooled grid (or one int).
         spatial_scale: feature-map pixels per input pixel (``1 / stride``).
 
@@ -63,23 +64,23 @@ def roi_pool(
         Tensor[K, C, height, width].
     """
     rois = boxes_to_rois(boxes)
-    _check_features(features, rois)
-    return torchvision.ops.roi_pool(features, rois, output_size, spatial_scale)
+    _check_features(input, rois)
+    return torchvision.ops.roi_pool(input, rois, output_size, spatial_scale)
 
 
 def roi_align(
-    features: Tensor,
+    input: Tensor,
     boxes: Tensor | Sequence[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """Bilinearly sample each box's region of ``features`` on a fixed grid (Mask R-CNN RoI align).
+    """Bilinearly sample each box's region of ``input`` on a fixed grid (Mask R-CNN RoI align).
 
     Args:
-        features (Tensor[B, C, H, W]): feature maps.
-        boxes: one ``Tensor[k_i, 4]`` per image, or ``Tensor[K, 5]`` RoIs.
+        input (Tensor[B, C, H, W]): feature maps (torchvision's name).
+        boxes: as in :func:`roi_pool`.
         output_size: ``(height, width)`` of the output grid (or one int).
         spatial_scale: feature-map pixels per input pixel (``1 / stride``).
         sampling_ratio: samples per bin side; ``-1`` adapts to the box size.
@@ -90,9 +91,9 @@ def roi_align(
         Tensor[K, C, height, width].
     """
     rois = boxes_to_rois(boxes)
-    _check_features(features, rois)
+    _check_features(input, rois)
     return torchvision.ops.roi_align(
-        features, rois, output_size, spatial_scale, sampling_ratio, aligned
+        input, rois, output_size, spatial_scale, sampling_ratio, aligned
     )
 
 
@@ -152,7 +153,7 @@ def multiscale_roi_align(
     output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     rois = boxes_to_rois(boxes)
     first = features[0]
-    _check_features(first, rois)
+    _check_features(first, rois, "features[0]")
     if len(features) == 1:
         return roi_align(first, rois, output_size, 1.0 / strides[0], sampling_ratio, aligned)
     levels = fpn_levels(

@@ -11,6 +11,7 @@ from cvkit.ops.boxes import (
     box_area,
     box_convert,
     clip_boxes,
+    normalize_boxes,
     remove_small_boxes,
     sanitize_boxes,
 )
@@ -26,13 +27,15 @@ def test_box_convert_matches_torchvision(make_boxes, in_fmt, out_fmt):
     torch.testing.assert_close(box_convert(boxes, in_fmt, out_fmt), expected, rtol=1e-6, atol=1e-4)
 
 
-def test_box_convert_normalized_by_hand():
-    # 200 wide, 100 high image: x divides by 200, y by 100.
+def test_normalize_boxes_by_hand():
+    # 200 wide, 100 high image: x divides by 200, y by 100, in any axis-aligned format.
     boxes = torch.tensor([[20.0, 10.0, 60.0, 50.0]])
-    normalized = box_convert(boxes, "xyxy", "cxcywh", image_size=(100, 200), out_normalized=True)
+    normalized = normalize_boxes(box_convert(boxes, "xyxy", "cxcywh"), (100, 200))
     torch.testing.assert_close(normalized, torch.tensor([[0.2, 0.3, 0.2, 0.4]]))
-    back = box_convert(normalized, "cxcywh", "xyxy", image_size=(100, 200), in_normalized=True)
+    back = box_convert(normalize_boxes(normalized, (100, 200), inverse=True), "cxcywh", "xyxy")
     torch.testing.assert_close(back, boxes)
+    integer = normalize_boxes(boxes.long(), (100, 200))
+    torch.testing.assert_close(integer, torch.tensor([[0.1, 0.1, 0.3, 0.5]]))
 
 
 def test_box_convert_errors_name_the_problem():
@@ -40,7 +43,7 @@ def test_box_convert_errors_name_the_problem():
     with pytest.raises(BoxError, match="xyhw"):
         box_convert(boxes, "xyhw", "xyxy")
     with pytest.raises(BoxError, match="image_size"):
-        box_convert(boxes, "xyxy", "xyxy", out_normalized=True)
+        normalize_boxes(boxes, (0, 10))
     with pytest.raises(BoxError, match=r"\[\.\.\., 4\]"):
         box_convert(torch.zeros(2, 3), "xyxy", "xywh")
     with pytest.raises(BoxError, match="floating"):
