@@ -2,6 +2,9 @@
 keywords) gives the same result dtype, shape and values, and a mistake raises an exception
 that is (or subclasses) torchvision's."""
 
+import inspect
+import math
+
 import pytest
 import torch
 import torchvision.ops as tv
@@ -17,6 +20,14 @@ INPUTS = {
     "empty-int": torch.zeros(0, 4, dtype=torch.int64),
     "batched": FLOAT[None],
 }
+DEGENERATE = torch.tensor([[0.0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 5]])
+ROTATED = {
+    "xywhr": torch.tensor([[1.0, 2, 3, 4, 30], [5, 6, 7, 8, -45], [0, 0, 10, 20, 90]]),
+    "cxcywhr": torch.tensor([[5.0, 5, 4, 2, 15], [-3, 2, 6, 6, 180], [1, 1, 0, 0, 0]]),
+    "xyxyxyxy": torch.tensor([[0.0, 0, 4, 0, 4, 3, 0, 3], [1, 1, 3, 3, 1, 5, -1, 3]]),
+}
+FEATURES = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+ROIS = torch.tensor([[0, 1.0, 1, 8, 8], [1, 2, 2, 10, 12], [1, 0, 0, 15, 15]])
 PAIRWISE = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
 LOSSES = ["generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss"]
 
@@ -58,6 +69,14 @@ def test_box_area_and_box_iou_formats_match_torchvision(fmt, kind):
     _assert_same(cv.box_iou(boxes, boxes, fmt=fmt), tv.box_iou(boxes, boxes, fmt=fmt))
 
 
+@pytest.mark.parametrize("name", PAIRWISE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
+def test_pairwise_iou_family_on_degenerate_boxes_matches_torchvision(name, dtype):
+    boxes = DEGENERATE.to(dtype)
+    _assert_same(getattr(cv, name)(boxes, FLOAT), getattr(tv, name)(boxes, FLOAT))
+    _assert_same(getattr(cv, name)(boxes, boxes), getattr(tv, name)(boxes, boxes))
+
+
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("kind", INPUTS)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -65,24 +84,83 @@ def test_iou_losses_match_torchvision(name, kind, reduction):
     boxes = INPUTS[kind]
     shifted = boxes + 1
     _assert_same(
-        getattr(cv, name)(boxes, shifted, reduction=reduction, eps=1e-7),
-        getattr(tv, name)(boxes, shifted, reduction=reduction, eps=1e-7),
+        getattr(cv, name)(boxes1=boxes, boxes2=shifted, reduction=reduction, eps=1e-7),
+        getattr(tv, name)(boxes1=boxes, boxes2=shifted, reduction=reduction, eps=1e-7),
     )
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.int64])
+def test_iou_losses_on_degenerate_single_and_broadcast_boxes_match_torchvision(name, dtype):
+    cv_loss, tv_loss = getattr(cv, name), getattr(tv, name)
+    boxes, degenerate = FLOAT.to(dtype), DEGENERATE.to(dtype)
+    # Zero-area boxes: eps in the union keeps the losses finite where torchvision's are.
+    _assert_same(cv_loss(degenerate, degenerate), tv_loss(degenerate, degenerate))
+    _assert_same(cv_loss(degenerate, boxes), tv_loss(degenerate, boxes))
+    _assert_same(cv_loss(boxes[0], boxes[1]), tv_loss(boxes[0], boxes[1]))
+    _assert_same(cv_loss(boxes, boxes[1], "mean"), tv_loss(boxes, boxes[1], "mean"))
+    got, want = cv_loss(boxes, boxes + 3, eps=1e-3), tv_loss(boxes, boxes + 3, eps=1e-3)
+    if name == "complete_box_iou_loss":
+        # torchvision keeps eps=1e-7 in its DIoU part whatever eps is; cvkit applies eps throughout.
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        _assert_same(got, want)
+
+
+@pytest.mark.parametrize("kind", [*INPUTS, "half"])
+@pytest.mark.parametrize("in_fmt", ["xyxy", "xywh", "cxcywh"])
+@pytest.mark.parametrize("out_fmt", ["xyxy", "xywh", "cxcywh"])
+def test_box_convert_axis_aligned_matches_torchvision(kind, in_fmt, out_fmt):
+    boxes = FLOAT.half() if kind == "half" else INPUTS[kind]
+    _assert_same(
+        cv.box_convert(boxes=boxes, in_fmt=in_fmt, out_fmt=out_fmt),
+        tv.box_convert(boxes=boxes, in_fmt=in_fmt, out_fmt=out_fmt),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
+@pytest.mark.parametrize("in_fmt", list(ROTATED))
+@pytest.mark.parametrize("out_fmt", list(ROTATED))
+def test_box_convert_rotated_matches_torchvision(dtype, in_fmt, out_fmt):
+    # Integer rotated boxes are rounded after each step, as torchvision does.
+    boxes = ROTATED[in_fmt].to(dtype)
+    _assert_same(cv.box_convert(boxes, in_fmt, out_fmt), tv.box_convert(boxes, in_fmt, out_fmt))
+    _assert_same(
+        cv.box_convert(boxes[None], in_fmt, out_fmt), tv.box_convert(boxes[None], in_fmt, out_fmt)
+    )
+
+
+@pytest.mark.parametrize(
+    ("in_fmt", "out_fmt"),
+    [("xyxy", "xywhr"), ("cxcywhr", "cxcywh"), ("xyxyxyxy", "xyxy"), ("xyhw", "xyxy"),
+     ("xyxy", "XYXY"), ("xywhr", "")],
+)  # fmt: skip
+def test_box_convert_unknown_and_cross_family_formats_raise_like_torchvision(in_fmt, out_fmt):
+    boxes = ROTATED.get(in_fmt, FLOAT)
+    want = _outcome(tv.box_convert, boxes, in_fmt, out_fmt)
+    assert isinstance(want, (ValueError, NotImplementedError))
+    _assert_same(_outcome(cv.box_convert, boxes, in_fmt, out_fmt), want)
 
 
 @pytest.mark.parametrize("kind", INPUTS)
-@pytest.mark.parametrize(("in_fmt", "out_fmt"), [("xyxy", "cxcywh"), ("xywh", "xyxy")])
-def test_box_convert_clip_and_remove_small_match_torchvision(kind, in_fmt, out_fmt):
-    boxes = INPUTS[kind]
-    _assert_same(
-        cv.box_convert(boxes, in_fmt=in_fmt, out_fmt=out_fmt),
-        tv.box_convert(boxes, in_fmt=in_fmt, out_fmt=out_fmt),
-    )
-    _assert_same(
-        cv.clip_boxes_to_image(boxes, size=(12, 8)), tv.clip_boxes_to_image(boxes, (12, 8))
-    )
-    if boxes.ndim == 2:
-        _assert_same(cv.remove_small_boxes(boxes, min_size=10), tv.remove_small_boxes(boxes, 10))
+@pytest.mark.parametrize("size", [(12, 8), (12.5, 8.5), (0, 0)])
+def test_clip_boxes_to_image_matches_torchvision(kind, size):
+    one_box = FLOAT[1].to(INPUTS[kind].dtype)
+    for boxes in (INPUTS[kind], INPUTS[kind] - 7, one_box):
+        _assert_same(cv.clip_boxes_to_image(boxes, size=size), tv.clip_boxes_to_image(boxes, size))
+    corners = ROTATED["xyxyxyxy"]  # any (x, y) pairs clip, as in torchvision
+    _assert_same(cv.clip_boxes_to_image(corners, size), tv.clip_boxes_to_image(corners, size))
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+@pytest.mark.parametrize("min_size", [0, 5, 10, 10.5, 25])
+def test_remove_small_boxes_returns_torchvision_indices(kind, min_size):
+    one_box = FLOAT[1].to(INPUTS[kind].dtype)
+    for boxes in (INPUTS[kind], one_box, one_box - 20, torch.zeros(2, 0, 4)):
+        got = cv.remove_small_boxes(boxes=boxes, min_size=min_size)
+        want = tv.remove_small_boxes(boxes, min_size)
+        assert got.ndim == 1 and got.dtype == torch.int64
+        _assert_same(got, want)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7), (0, 5, 7), (2, 0, 0)])
@@ -107,12 +185,96 @@ def test_masks_to_boxes_matches_torchvision(shape):
         lambda ops: ops.nms(FLOAT, torch.rand(2), 0.5),
         lambda ops: ops.nms(FLOAT[None], torch.rand(3), 0.5),
         lambda ops: ops.batched_nms(FLOAT, torch.rand(3), torch.zeros(2, dtype=torch.int64), 0.5),
+        lambda ops: ops.batched_nms(FLOAT, torch.rand(3), [0, 0, 1], 0.5),
+        lambda ops: ops.batched_nms([[0.0, 0, 1, 1]], torch.rand(1), torch.zeros(1), 0.5),
+        lambda ops: ops.nms([[0.0, 0, 1, 1]], torch.rand(1), 0.5),
+        lambda ops: ops.nms(FLOAT, [0.9, 0.8, 0.7], 0.5),
+        lambda ops: ops.nms(torch.zeros(0, 5), torch.zeros(0), 0.5),
+        lambda ops: ops.box_convert(ROTATED["xywhr"], "xywhr", "xyxy"),
+        lambda ops: ops.generalized_box_iou_loss(FLOAT, FLOAT[:2]),
+        lambda ops: ops.distance_box_iou_loss(FLOAT, FLOAT, reduction="max"),
+        lambda ops: ops.complete_box_iou_loss(FLOAT, [[0.0, 0, 1, 1]] * 3),
+        lambda ops: ops.remove_small_boxes(FLOAT[:, :3], 1.0),
+        lambda ops: ops.clip_boxes_to_image(FLOAT[:, :3], (5, 5)),
+        lambda ops: ops.clip_boxes_to_image([[0.0, 0, 1, 1]], (5, 5)),
+        lambda ops: ops.masks_to_boxes(torch.ones(2, 3)),
+        lambda ops: ops.roi_align(FEATURES, ROIS[:, 1:], 2),
+        lambda ops: ops.roi_align(FEATURES, [ROIS], 2),
+        lambda ops: ops.roi_align(FEATURES, [], 2),
+        lambda ops: ops.roi_align(FEATURES[0], ROIS, 2),
+        lambda ops: ops.roi_pool(FEATURES, ROIS.double(), 2),
+        lambda ops: ops.roi_pool(FEATURES, ROIS[:, :3], 2),
     ],
 )
 def test_mistakes_raise_torchvision_exception_types(call):
     want = _outcome(call, tv)
     assert isinstance(want, Exception)
     _assert_same(_outcome(call, cv), want)
+
+
+THRESHOLDS = [-0.5, -0.0, 0.0, 0.3, 1.0, 1.5, math.inf, -math.inf, math.nan]
+
+
+@pytest.mark.parametrize("iou_threshold", THRESHOLDS)
+@pytest.mark.parametrize("n", [3, 200, 1100])  # 1100 boxes: torchvision's per-class loop
+def test_nms_thresholds_outside_unit_interval_behave_as_torchvision(make_boxes, n, iou_threshold):
+    boxes = make_boxes(n, seed=n, extent=300) if n > 3 else FLOAT
+    gen = torch.Generator().manual_seed(n)
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 3, (n,), generator=gen)
+    _assert_same(cv.nms(boxes, scores, iou_threshold), tv.nms(boxes, scores, iou_threshold))
+    _assert_same(
+        cv.batched_nms(boxes, scores, idxs, iou_threshold),
+        tv.batched_nms(boxes, scores, idxs, iou_threshold),
+    )
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (0,), (0, 5), (3, 0), (0, 0, 4)])
+@pytest.mark.parametrize("num_scores", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_batched_nms_on_empty_boxes_of_any_shape_returns_empty_int64(shape, num_scores, dtype):
+    boxes, scores = torch.zeros(shape, dtype=dtype), torch.zeros(num_scores)
+    for idxs in (torch.zeros(num_scores, dtype=torch.int64), torch.zeros(num_scores)):
+        got = cv.batched_nms(boxes=boxes, scores=scores, idxs=idxs, iou_threshold=0.5)
+        assert got.shape == (0,) and got.dtype == torch.int64
+        _assert_same(got, tv.batched_nms(boxes, scores, idxs, 0.5))
+    for n in (0, 3):  # nms: empty with torchvision, or the same error type
+        scores = torch.zeros(n)
+        _assert_same(_outcome(cv.nms, boxes, scores, 0.5), _outcome(tv.nms, boxes, scores, 0.5))
+
+
+@pytest.mark.parametrize("name", ["roi_align", "roi_pool"])
+def test_roi_ops_take_torchvision_keywords(name):
+    per_image = [ROIS[:1, 1:], ROIS[1:, 1:]]
+    extra = {"sampling_ratio": 2, "aligned": True} if name == "roi_align" else {}
+    for boxes in (ROIS, per_image, tuple(per_image), ROIS[:0]):
+        kwargs = {"input": FEATURES, "boxes": boxes, "output_size": (2, 3), "spatial_scale": 0.5}
+        _assert_same(getattr(cv, name)(**kwargs, **extra), getattr(tv, name)(**kwargs, **extra))
+        _assert_same(getattr(cv, name)(FEATURES, boxes, 3), getattr(tv, name)(FEATURES, boxes, 3))
+
+
+def _shared_names():
+    return sorted(set(tv.__all__) & set(cv.__all__))
+
+
+def test_cvkit_ops_shares_torchvision_box_op_names():
+    expected = {
+        "batched_nms", "box_area", "box_convert", "box_iou", "clip_boxes_to_image",
+        "complete_box_iou", "complete_box_iou_loss", "distance_box_iou", "distance_box_iou_loss",
+        "generalized_box_iou", "generalized_box_iou_loss", "masks_to_boxes", "nms",
+        "remove_small_boxes", "roi_align", "roi_pool",
+    }  # fmt: skip
+    assert expected <= set(_shared_names())
+
+
+@pytest.mark.parametrize("name", _shared_names())
+def test_shared_names_have_torchvision_signatures(name):
+    ours = inspect.signature(getattr(cv, name)).parameters
+    theirs = inspect.signature(getattr(tv, name)).parameters
+    assert list(ours) == list(theirs)
+    for param, spec in theirs.items():
+        assert ours[param].kind == spec.kind, param
+        assert ours[param].default == spec.default, param
 
 
 def test_nms_keywords_and_empty_inputs_match_torchvision():
