@@ -11,24 +11,17 @@ class CheckpointPredictor:
     """A ``.pt`` checkpoint behind the runtime predictors' interface: ``predict(images)``.
 
     Args:
-        weights: checkpoint written by ``cvkit train`` (``detect`` or ``classify``).
+        weights: checkpoint written by ``cvkit train`` for a task with a checkpoint
+            predictor (:meth:`cvkit.engine.tasks.Task.checkpoint_predictor`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     def __init__(self, weights: str | Path, device: str = "auto") -> None:
-        from cvkit.engine.predict import CheckpointClassifier, CheckpointDetector
         from cvkit.engine.predict_segment import weights_task
-        from cvkit.errors import ConfigError
+        from cvkit.engine.tasks import get_task
 
-        models = {"detect": CheckpointDetector, "classify": CheckpointClassifier}
-        task = weights_task(weights)
-        if task not in models:
-            raise ConfigError(
-                f"{weights}: cvkit.load has no checkpoint predictor for task {task!r} "
-                f"(known: {', '.join(models)}); export it and load the .onnx"
-            )
-        self.task = task
-        self.model = models[task](weights, device=device)
+        self.task = weights_task(weights)
+        self.model = get_task(self.task).checkpoint_predictor(weights, device)
         self.classes: list[str] = self.model.classes
 
     def predict(self, images: Any) -> Any:

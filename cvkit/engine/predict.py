@@ -277,17 +277,6 @@ class ResultWriter(OutputFolder):
         return drawing
 
 
-def predict_classes(paths: Sequence[Path], weights: str | Path, out: str | Path) -> Path:
-    """Classify ``paths`` with ``weights`` (``.pt`` or ``.onnx``) and write them to ``out``.
-
-    Returns the ``predictions.json`` path.
-    """
-    model = open_model(weights, CheckpointClassifier)
-    json_path = write_results(paths, model, ResultWriter(out, model.classes))
-    print(f"{len(paths)} images classified; drawings and JSON in {json_path.parent}")
-    return json_path
-
-
 def predict_images(
     paths: Sequence[Path], model: Callable[[Sequence[np.ndarray]], list[Any]], batch_size: int
 ) -> Iterator[tuple[Path, np.ndarray, Any]]:
@@ -319,27 +308,15 @@ def write_results(paths: Sequence[Path], model: Any, writer: Any) -> Path:
 
 
 def run_predict(args: Any) -> int:
-    """``cvkit predict``: detect objects in ``args.source`` with ``args.weights``."""
+    """``cvkit predict``: run ``args.weights`` on ``args.source`` as its task's
+    :meth:`~cvkit.engine.tasks.Task.predict_folder` does."""
     from cvkit.engine.environment import configure_threads
 
     configure_threads()
     paths = list_images(args.source)
-    from cvkit.engine.predict_segment import predict_segments, weights_task
+    from cvkit.engine.predict_segment import weights_task
+    from cvkit.engine.tasks import get_task
 
-    # Tasks whose predictions are not boxes write their own kind of output folder.
-    writers = {"segment": predict_segments, "classify": predict_classes}
-    task = weights_task(args.weights)
-    if task in writers:
-        writers[task](paths, args.weights, args.out)
-        return 0
-    detector = open_model(args.weights, CheckpointDetector)
-    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
-    writer = PredictionWriter(args.out, detector.classes)
-    total = 0
-    for path, image, prediction in predict_images(paths, detector, detector.batch_size):
-        kept = prediction.above(threshold)
-        writer.add(path, image, kept)
-        total += len(kept.scores)
-    json_path = writer.finish()
-    print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
+    task = get_task(weights_task(args.weights))
+    task.predict_folder(paths, args.weights, args.out, args.score_threshold)
     return 0

@@ -1,7 +1,8 @@
 """Export a cvkit model to ONNX, stamp its metadata and check it against torch.
 
-The exported graph takes ``images float32 [B, 3, H, W]`` (normalized as the metadata says) and
-returns, by task:
+The exported graph takes ``images float32 [B, 3, H, W]`` (normalized as the metadata says). What
+it returns, its dynamic axes and how it is compared with torch belong to the metadata's task
+(:class:`cvkit.engine.tasks.Task` ``export_*`` hooks); the built-in tasks return:
 
 - detect, NMS in the graph: ``boxes [B, K, 4]`` (x1, y1, x2, y2 input pixels), ``scores [B, K]``,
   ``labels [B, K]`` int64, ``num_dets [B]`` int64 — ``model.candidates`` followed by
@@ -11,7 +12,8 @@ returns, by task:
 - classify: ``logits [B, C]``; segment: ``logits [B, C, H, W]``.
 
 After writing the file, :func:`check_parity` runs the same inputs through torch and onnxruntime
-and raises :class:`~cvkit.errors.ExportError` with the largest difference when they disagree.
+and raises :class:`~cvkit.errors.ExportError` with the largest difference when they disagree
+(:func:`compare_logits`, :func:`compare_detections`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from cvkit import __version__
 from cvkit.config import Config
 from cvkit.config.export import ExportConfig
+from cvkit.engine.tasks import get_task
 from cvkit.errors import ExportError
 from cvkit.logs import get_logger
 from cvkit.ops.nms import padded_nms
@@ -150,69 +153,29 @@ class ExportResult:
 
 
 def metadata_from_config(config: Config, classes: list[str]) -> ModelMetadata:
-    """The metadata of a model trained with ``config``: task, classes, the eval preset
-    (``data.image_size``, ``data.resize``, ``data.mean``/``data.std``), detection thresholds
-    (``eval:`` section). :func:`export_model` sets ``nms_in_graph`` from its options."""
-    size = config.data.image_size
-    # A model's own section (model.<name>, e.g. model.ssd) may cap the pairs entering NMS.
-    own_section = getattr(config.model, config.model.name, None)
-    return ModelMetadata(
-        task=config.task,
-        classes=tuple(classes),
-        input_size=(size, size),
-        mean=tuple(config.data.mean),
-        std=tuple(config.data.std),
-        resize=config.data.resize,
-        nms_in_graph=config.task == "detect",
-        score_threshold=config.eval.score_threshold,
-        iou_threshold=config.eval.iou_threshold,
-        max_det=config.eval.max_det,
-        topk_candidates=getattr(own_section, "topk_candidates", None),
-        model_name=config.model.name,
-        cvkit_version=__version__,
-    )
+    """The metadata of a model trained with ``config`` (its task's
+    :meth:`~cvkit.engine.tasks.Task.export_metadata`: task, classes, the eval preset,
+    detection thresholds). :func:`export_model` sets ``nms_in_graph`` from its options."""
+    return get_task(config.task).export_metadata(config, classes)
 
 
 def build_graph(model: nn.Module, metadata: ModelMetadata, options: ExportConfig) -> nn.Module:
-    """Wrap ``model`` in the module whose forward is the exported graph (eval mode).
+    """Wrap ``model`` in the module whose forward is the exported graph (eval mode), as the
+    metadata's task builds it (:meth:`~cvkit.engine.tasks.Task.export_graph`).
 
     With ``options.half`` the graph holds a float16 copy; ``model`` itself is left as it is.
     """
     model = model.eval()
     if options.half:
         model = copy.deepcopy(model).half()
-    if metadata.task == "detect":
-        if not hasattr(model, "candidates"):
-            raise ExportError(
-                f"{type(model).__name__} has no candidates(images) method; detectors must "
-                "implement it to be exported"
-            )
-        return DetectorGraph(
-            model,
-            options.nms,
-            metadata.score_threshold,
-            metadata.iou_threshold,
-            metadata.max_det,
-            metadata.topk_candidates,
-            options.half,
-            options.soft_sigma,
-        ).eval()
-    return LogitsGraph(model, options.half).eval()
+    return get_task(metadata.task).export_graph(model, metadata, options).eval()
 
 
-def _output_names(metadata: ModelMetadata) -> tuple[str, ...]:
-    if metadata.task != "detect":
-        return LOGITS_OUTPUTS
-    return DETECT_NMS_OUTPUTS if metadata.nms_in_graph else DETECT_RAW_OUTPUTS
-
-
-def _dynamic_axes(metadata: ModelMetadata) -> dict[str, dict[int, str]]:
-    # Segmenters take and return any height/width; everything else varies in batch only.
-    spatial = metadata.task == "segment"
-    names = (INPUT_NAME, *_output_names(metadata))
-    return {
-        name: {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"} for name in names
-    }
+def dynamic_axes(names: tuple[str, ...], spatial: bool = False) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export`` dynamic axes: batch (axis 0) of every name, plus height/width
+    (axes 2, 3) when ``spatial``."""
+    axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
+    return {name: dict(axes) for name in names}
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -256,7 +219,7 @@ def export_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = dataclasses.replace(
         metadata,
-        nms_in_graph=options.nms and metadata.task == "detect",
+        nms_in_graph=bool(options.nms) and get_task(metadata.task).exports_nms,
         cvkit_version=__version__,
     )
     graph = build_graph(model, metadata, options)
@@ -281,6 +244,8 @@ def _write_onnx(
     """Trace ``graph`` to ``path``, simplify it if asked, and stamp the metadata."""
     height, width = metadata.input_size
     example = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    task = get_task(metadata.task)
+    outputs = task.export_outputs(metadata)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -291,8 +256,10 @@ def _write_onnx(
                 dynamo=False,
                 opset_version=options.opset,
                 input_names=[INPUT_NAME],
-                output_names=list(_output_names(metadata)),
-                dynamic_axes=_dynamic_axes(metadata) if options.dynamic else None,
+                output_names=list(outputs),
+                dynamic_axes=task.export_dynamic_axes(INPUT_NAME, outputs)
+                if options.dynamic
+                else None,
             )
         proto = onnx.load(str(path))
         if options.simplify:
@@ -376,20 +343,70 @@ def check_parity(
     expected = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in _tuple(expected)]
     session = OnnxModel(path, "cpu")
     outputs = session.run(images.numpy().astype(session.input_dtype))
-    got = [outputs[name] for name in _output_names(metadata)]
+    task = get_task(metadata.task)
+    got = [outputs[name] for name in task.export_outputs(metadata)]
     floor = 1e-2 if options.half else 0.0
-    box_tolerance = max(options.box_tolerance, floor)
-    score_tolerance = max(options.score_tolerance, floor)
-    logit_tolerance = max(options.logit_tolerance, 2 * floor)
-    if metadata.task != "detect":
-        scale = 1.0 + np.abs(expected[0])
-        diff = float((np.abs(got[0] - expected[0]) / scale).max())
-        _fail_if(diff > logit_tolerance, label, "logits", diff)
-        return {"logits": diff}
-    size = float(max(height, width))
+    tolerances = Tolerances(
+        box=max(options.box_tolerance, floor),
+        score=max(options.score_tolerance, floor),
+        logit=max(options.logit_tolerance, 2 * floor),
+    )
+    return task.compare_exported(expected, got, metadata, tolerances, label)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Largest allowed torch ↔ onnxruntime differences of one parity check.
+
+    Attributes:
+        box: box coordinates, relative to the larger input side.
+        score: detection scores.
+        logit: logits, relative to ``1 + |logit|``.
+    """
+
+    box: float
+    score: float
+    logit: float
+
+
+def compare_logits(
+    expected: list[np.ndarray], got: list[np.ndarray], tolerances: Tolerances, label: str
+) -> dict[str, float]:
+    """Compare each output pair ``(expected[i], got[i])`` (logits of any shape) within
+    ``tolerances.logit * (1 + |expected|)``; returns ``{"logits": largest difference}``
+    (over all outputs).
+
+    Raises:
+        ExportError: an output differs by more.
+    """
+    diff = 0.0
+    for want, have in zip(expected, got, strict=True):
+        scale = 1.0 + np.abs(want)
+        diff = max(diff, float((np.abs(have - want) / scale).max(initial=0.0)))
+    _fail_if(diff > tolerances.logit, label, "logits", diff)
+    return {"logits": diff}
+
+
+def compare_detections(
+    expected: list[np.ndarray],
+    got: list[np.ndarray],
+    metadata: ModelMetadata,
+    tolerances: Tolerances,
+    label: str,
+) -> dict[str, float]:
+    """Compare detector outputs: padded NMS results (``boxes, scores, labels, num_dets``: equal
+    counts and labels, boxes and scores within tolerance) or raw candidates (``boxes, scores``).
+
+    Returns:
+        ``{"boxes": largest box difference relative to the input size, "scores": ...}``.
+
+    Raises:
+        ExportError: an output disagrees; the message gives the largest difference.
+    """
+    size = float(max(metadata.input_size))
     if not metadata.nms_in_graph:
-        box_diff = float(np.abs(got[0] - expected[0]).max()) / size
-        score_diff = float(np.abs(got[1] - expected[1]).max())
+        box_diff = float(np.abs(got[0] - expected[0]).max(initial=0.0)) / size
+        score_diff = float(np.abs(got[1] - expected[1]).max(initial=0.0))
     else:
         exp_boxes, exp_scores, exp_labels, exp_count = expected
         boxes, scores, labels, count = got
@@ -403,8 +420,8 @@ def check_parity(
             raise ExportError(f"{label}: parity check failed: labels differ from torch")
         box_diff = float(np.abs(boxes[valid] - exp_boxes[valid]).max(initial=0.0)) / size
         score_diff = float(np.abs(scores[valid] - exp_scores[valid]).max(initial=0.0))
-    _fail_if(box_diff > box_tolerance, label, "boxes (relative)", box_diff)
-    _fail_if(score_diff > score_tolerance, label, "scores", score_diff)
+    _fail_if(box_diff > tolerances.box, label, "boxes (relative)", box_diff)
+    _fail_if(score_diff > tolerances.score, label, "scores", score_diff)
     logger.info("parity: boxes %.2e (relative), scores %.2e", box_diff, score_diff)
     return {"boxes": box_diff, "scores": score_diff}
 

@@ -17,7 +17,15 @@ under the name used in the config's ``task:`` key::
 
 The defaults build datasets and loaders with :mod:`cvkit.data`, the model with
 :func:`cvkit.models.build.build_model`, and move ``(images, targets)`` batches to the device;
-a task overrides only what differs. ``get_task(name)`` imports the built-in task modules
+a task overrides only what differs.
+
+A task also owns its life after training, through class methods that need no config: the
+ONNX metadata (:meth:`Task.export_metadata`), the exported graph, its outputs and dynamic axes
+and how it is compared with torch (``export_*``), the ``.pt`` predictor
+(:meth:`Task.checkpoint_predictor`) and what ``cvkit predict`` writes
+(:meth:`Task.predict_folder`). The defaults fit a model whose ``model(images)`` returns
+logits; the runtime side is a :func:`cvkit.runtime.predictors.register_predictor` of the same
+name. ``get_task(name)`` imports the built-in task modules
 lazily, so registering needs no edit here beyond the module name in ``_BUILTIN``.
 """
 
@@ -25,7 +33,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +44,10 @@ from cvkit.config import Config
 from cvkit.config.schema import BUILTIN_TASKS
 from cvkit.errors import ConfigError, NotBuiltError
 from cvkit.logs import get_logger
+
+if TYPE_CHECKING:
+    from cvkit.config.export import ExportConfig
+    from cvkit.runtime.metadata import ModelMetadata
 
 Batch = Any
 _REGISTRY: dict[str, type[Task]] = {}
@@ -48,10 +61,12 @@ class Task:
         name: the config's ``task:`` value (set by :func:`register_task`).
         best_metric: the key of :meth:`evaluate`'s result that selects ``best.pt``
             (higher is better).
+        exports_nms: the exported graph can end in NMS (``export.nms``), as detectors' do.
     """
 
     name: ClassVar[str] = ""
     best_metric: ClassVar[str] = ""
+    exports_nms: ClassVar[bool] = False
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -139,6 +154,110 @@ class Task:
         return " ".join(
             f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float)
         )
+
+    @classmethod
+    def export_metadata(cls, config: Config, classes: list[str]) -> ModelMetadata:
+        """What an ``.onnx`` of a model trained with ``config`` carries: this task's name,
+        ``classes``, the eval preset (``data.image_size``, ``data.resize``,
+        ``data.mean``/``data.std``) and the ``eval:`` thresholds; ``topk_candidates`` comes from
+        the model's own section (``model.<name>``) when it has one."""
+        from cvkit import __version__
+        from cvkit.runtime.metadata import ModelMetadata
+
+        size = config.data.image_size
+        own_section = getattr(config.model, config.model.name, None)
+        return ModelMetadata(
+            task=cls.name,
+            classes=tuple(classes),
+            input_size=(size, size),
+            mean=tuple(config.data.mean),
+            std=tuple(config.data.std),
+            resize=config.data.resize,
+            nms_in_graph=cls.exports_nms,
+            score_threshold=config.eval.score_threshold,
+            iou_threshold=config.eval.iou_threshold,
+            max_det=config.eval.max_det,
+            topk_candidates=getattr(own_section, "topk_candidates", None),
+            model_name=config.model.name,
+            cvkit_version=__version__,
+        )
+
+    @classmethod
+    def export_graph(
+        cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
+    ) -> nn.Module:
+        """The module traced to ONNX; default: ``model(images)`` as float32 logits
+        (:class:`cvkit.export.onnx.LogitsGraph`). ``model`` is already in eval mode (and
+        float16 when ``options.half``)."""
+        from cvkit.export.onnx import LogitsGraph
+
+        return LogitsGraph(model, options.half)
+
+    @classmethod
+    def export_outputs(cls, metadata: ModelMetadata) -> tuple[str, ...]:
+        """Names of the exported graph's outputs, in :meth:`export_graph`'s order."""
+        return ("logits",)
+
+    @classmethod
+    def export_dynamic_axes(
+        cls, input_name: str, outputs: tuple[str, ...]
+    ) -> dict[str, dict[int, str]]:
+        """Dynamic axes of a ``--dynamic`` export; default: the batch axis of everything."""
+        from cvkit.export.onnx import dynamic_axes
+
+        return dynamic_axes((input_name, *outputs))
+
+    @classmethod
+    def compare_exported(
+        cls,
+        expected: list[Any],
+        got: list[Any],
+        metadata: ModelMetadata,
+        tolerances: Any,
+        label: str,
+    ) -> dict[str, float]:
+        """Parity of onnxruntime's outputs ``got`` with torch's ``expected`` (numpy arrays in
+        :meth:`export_outputs` order); returns the largest difference per checked output and
+        raises :class:`~cvkit.errors.ExportError` beyond ``tolerances``
+        (:class:`cvkit.export.onnx.Tolerances`).
+
+        Default: :func:`cvkit.export.onnx.compare_logits`.
+        """
+        from cvkit.export.onnx import compare_logits
+
+        return compare_logits(expected, got, tolerances, label)
+
+    @classmethod
+    def checkpoint_predictor(cls, weights: str | Path, device: str = "auto") -> Any:
+        """A callable ``(list of RGB uint8 [H, W, 3]) -> list of results`` over a ``.pt``
+        checkpoint of this task, with ``classes`` and ``batch_size`` attributes.
+
+        Raises:
+            ConfigError: the task has no checkpoint predictor (export it and use the .onnx).
+        """
+        raise ConfigError(
+            f"{weights}: task {cls.name!r} has no checkpoint predictor; export it with "
+            "`cvkit export` and use the .onnx"
+        )
+
+    @classmethod
+    def predict_folder(
+        cls,
+        paths: list[Path],
+        weights: str | Path,
+        out: str | Path,
+        score_threshold: float | None = None,
+    ) -> Path:
+        """``cvkit predict``: run ``weights`` (``.pt`` through :meth:`checkpoint_predictor`,
+        or ``.onnx`` through the runtime) on ``paths`` and write each result's drawing and one
+        ``predictions.json`` to ``out``; returns the JSON path. ``score_threshold`` is for
+        detectors."""
+        from cvkit.engine.predict import ResultWriter, open_model, write_results
+
+        model = open_model(weights, cls.checkpoint_predictor)
+        json_path = write_results(paths, model, ResultWriter(out, model.classes))
+        print(f"{len(paths)} images predicted; drawings and JSON in {json_path.parent}")
+        return json_path
 
 
 def _target_to(target: Any, device: torch.device, non_blocking: bool) -> Any:

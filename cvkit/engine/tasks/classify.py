@@ -97,6 +97,13 @@ class ClassifyTask(Task):
         prepare_finetuning(model, self.config.model, self.classes)
         return model
 
+    @classmethod
+    def checkpoint_predictor(cls, weights: Any, device: str = "auto") -> Any:
+        """:class:`cvkit.engine.predict.CheckpointClassifier` (``Classification`` per image)."""
+        from cvkit.engine.predict import CheckpointClassifier
+
+        return CheckpointClassifier(weights, device=device)
+
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """``{"ce": cross-entropy}`` of ``model(images)`` against the labels."""
         images, labels = batch

@@ -10,16 +10,21 @@ follows ``mAP`` (AP@[.5:.95]). ``model.pretrained`` initializes the detector's b
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from cvkit.engine.tasks import Task, register_task
-from cvkit.errors import DatasetError
+from cvkit.errors import DatasetError, ExportError
 from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco
 from cvkit.logs import progress
+
+if TYPE_CHECKING:
+    from cvkit.config.export import ExportConfig
+    from cvkit.runtime.metadata import ModelMetadata
 
 
 @register_task("detect")
@@ -27,6 +32,7 @@ class DetectTask(Task):
     """Object detection with any model that follows the detector contract."""
 
     best_metric = "mAP"
+    exports_nms = True
 
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """The detector's own loss dict for ``(images, targets)``."""
@@ -81,3 +87,90 @@ class DetectTask(Task):
         return " ".join(
             f"{key} {metrics[key]:.4f}" for key in ("mAP", "mAP50", "mAP75") if key in metrics
         )
+
+    @classmethod
+    def export_graph(
+        cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
+    ) -> nn.Module:
+        """``model.candidates`` then, with ``options.nms``, padded NMS
+        (:class:`cvkit.export.onnx.DetectorGraph`).
+
+        Raises:
+            ExportError: the model has no ``candidates(images)`` method.
+        """
+        from cvkit.export.onnx import DetectorGraph
+
+        if not hasattr(model, "candidates"):
+            raise ExportError(
+                f"{type(model).__name__} has no candidates(images) method; detectors must "
+                "implement it to be exported"
+            )
+        return DetectorGraph(
+            model,
+            options.nms,
+            metadata.score_threshold,
+            metadata.iou_threshold,
+            metadata.max_det,
+            metadata.topk_candidates,
+            options.half,
+            options.soft_sigma,
+        )
+
+    @classmethod
+    def export_outputs(cls, metadata: ModelMetadata) -> tuple[str, ...]:
+        """``boxes, scores, labels, num_dets`` with NMS in the graph, else the candidates'
+        ``boxes, scores``."""
+        if metadata.nms_in_graph:
+            return ("boxes", "scores", "labels", "num_dets")
+        return ("boxes", "scores")
+
+    @classmethod
+    def compare_exported(
+        cls,
+        expected: list[Any],
+        got: list[Any],
+        metadata: ModelMetadata,
+        tolerances: Any,
+        label: str,
+    ) -> dict[str, float]:
+        """:func:`cvkit.export.onnx.compare_detections`."""
+        from cvkit.export.onnx import compare_detections
+
+        return compare_detections(expected, got, metadata, tolerances, label)
+
+    @classmethod
+    def checkpoint_predictor(cls, weights: str | Path, device: str = "auto") -> Any:
+        """:class:`cvkit.engine.predict.CheckpointDetector` (``Detections`` per image)."""
+        from cvkit.engine.predict import CheckpointDetector
+
+        return CheckpointDetector(weights, device=device)
+
+    @classmethod
+    def predict_folder(
+        cls,
+        paths: list[Path],
+        weights: str | Path,
+        out: str | Path,
+        score_threshold: float | None = None,
+    ) -> Path:
+        """Detections scoring at least ``score_threshold`` (default
+        :data:`cvkit.engine.predict.DEFAULT_SCORE_THRESHOLD`), drawn, and ``predictions.json``
+        with boxes in original pixels."""
+        from cvkit.engine.predict import (
+            DEFAULT_SCORE_THRESHOLD,
+            PredictionWriter,
+            open_model,
+            predict_images,
+        )
+
+        detector = open_model(weights, cls.checkpoint_predictor)
+        threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold
+        writer = PredictionWriter(out, detector.classes)
+        total = 0
+        for path, image, prediction in predict_images(paths, detector, detector.batch_size):
+            kept = prediction.above(threshold)
+            writer.add(path, image, kept)
+            total += len(kept.scores)
+        json_path = writer.finish()
+        print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
+        return json_path

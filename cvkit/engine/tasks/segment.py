@@ -10,6 +10,7 @@ with the confusion-matrix metrics of :mod:`cvkit.eval.segmentation` (``best.pt``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,3 +102,26 @@ class SegmentTask(Task):
             f"{key[4:]} {value:.3f}" for key, value in metrics.items() if key.startswith("IoU/")
         )
         return f"{head} | IoU {classes}" if classes else head
+
+    @classmethod
+    def export_dynamic_axes(
+        cls, input_name: str, outputs: tuple[str, ...]
+    ) -> dict[str, dict[int, str]]:
+        """A fully convolutional segmenter takes and returns any height and width too."""
+        from cvkit.export.onnx import dynamic_axes
+
+        return dynamic_axes((input_name, *outputs), spatial=True)
+
+    @classmethod
+    def predict_folder(
+        cls,
+        paths: list[Path],
+        weights: str | Path,
+        out: str | Path,
+        score_threshold: float | None = None,
+    ) -> Path:
+        """Class masks at the original size, colour overlays and ``predictions.json``
+        (:func:`cvkit.engine.predict_segment.predict_segments`)."""
+        from cvkit.engine.predict_segment import predict_segments
+
+        return predict_segments(paths, weights, out)
