@@ -18,9 +18,17 @@ from __future__ import annotations
 import math
 
 import torch
+import torchvision
 from torch import Tensor
 
-from cvkit.ops.boxes import BoxError, BoxShapeError, box_area, box_convert, check_boxes
+from cvkit.ops.boxes import (
+    ROTATED_FORMATS,
+    BoxError,
+    BoxShapeError,
+    box_area,
+    box_convert,
+    check_boxes,
+)
 
 # Elements of one [rows, M] block on the CPU. Below torch's parallel grain size (32768) every op
 # runs on the calling thread: no thread barriers, which on a busy, shared CPU cost milliseconds
@@ -102,13 +110,19 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Pairwise intersection over union.
 
     Args:
-        boxes1 (Tensor[..., N, 4]): float or integer boxes in ``fmt``.
-        boxes2 (Tensor[..., M, 4]): float or integer boxes in ``fmt``.
-        fmt: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+        boxes1 (Tensor[..., N, K]): float or integer boxes in ``fmt``.
+        boxes2 (Tensor[..., M, K]): float or integer boxes in ``fmt``.
+        fmt: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"`` (``K = 4``); or a rotated format
+            (``"xywhr"``, ``"cxcywhr"``: ``K = 5``; ``"xyxyxyxy"``: ``K = 8``), whose IoU is
+            torchvision's rotated-box kernel (``Tensor[N, K]`` float32/float64 boxes only).
 
     Returns:
         Tensor[..., N, M]: IoU of every pair, in [0, 1] for valid boxes.
     """
+    if fmt in ROTATED_FORMATS:
+        boxes1 = box_convert(boxes1, fmt, "cxcywhr")
+        boxes2 = box_convert(boxes2, fmt, "cxcywhr")
+        return torchvision.ops.box_iou(boxes1, boxes2, fmt="cxcywhr")
     if fmt != "xyxy":
         boxes1 = box_convert(boxes1, fmt, "xyxy")
         boxes2 = box_convert(boxes2, fmt, "xyxy")

@@ -130,6 +130,17 @@ def test_box_convert_rotated_matches_torchvision(dtype, in_fmt, out_fmt):
     )
 
 
+@pytest.mark.parametrize("fmt", list(ROTATED))
+def test_box_iou_of_rotated_boxes_matches_torchvision(fmt):
+    boxes = ROTATED[fmt]
+    for first, second in ((boxes, boxes), (boxes.double(), boxes[:1].double()), (boxes[:0], boxes)):
+        _assert_same(cv.box_iou(first, second, fmt=fmt), tv.box_iou(first, second, fmt=fmt))
+    for bad in (boxes.long(), boxes[None], boxes[:, :4]):
+        want = _outcome(tv.box_iou, bad, bad, fmt=fmt)
+        assert isinstance(want, Exception)
+        _assert_same(_outcome(cv.box_iou, bad, bad, fmt=fmt), want)
+
+
 @pytest.mark.parametrize(
     ("in_fmt", "out_fmt"),
     [("xyxy", "xywhr"), ("cxcywhr", "cxcywh"), ("xyxyxyxy", "xyxy"), ("xyhw", "xyxy"),
