@@ -245,7 +245,8 @@ def _greedy_nms_sweep(
 def _use_torchvision_kernel(boxes: Tensor, iou_threshold: float) -> bool:
     """torchvision's kernels serve CUDA, ONNX tracing, half precision, and thresholds outside
     [0, 1] (the band bound of the sweep assumes ``0 <= t``; torchvision's kernel compares
-    ``IoU > t`` for any ``t``: a negative one suppresses all overlaps, NaN or above 1 none)."""
+    ``IoU > t`` for any ``t``: below 0 a kept box suppresses every box it has a non-NaN IoU
+    with, overlapping or not; above 1 or NaN nothing is suppressed)."""
     return (
         boxes.device.type != "cpu"
         or torch.jit.is_tracing()
