@@ -25,26 +25,14 @@ from cvkit.models.backbones import Backbone, create_backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.losses import multibox_loss
 from cvkit.models.detection.postprocess import select_detections
+from cvkit.models.necks import backbone_shapes, build_neck
 from cvkit.models.transfer import body_head_groups
 from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
 from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
 from cvkit.ops.iou import box_iou
 from cvkit.ops.matching import greedy_assign
-from cvkit.structures import Instances, Target
-
-
-def extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1×1 conv to half width, then a stride-2 3×3 conv: halves the resolution (BN + ReLU)."""
-    mid = max(out_channels // 2, 8)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, mid, 1, bias=False),
-        nn.BatchNorm2d(mid),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out_channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+from cvkit.structures import ImageBatch, Instances, Target
 
 
 def _flatten_level(output: Tensor, columns: int) -> Tensor:
@@ -137,13 +125,14 @@ class SSD(nn.Module):
         self.body_lr_mult = body_lr_mult
         self.head_lr_mult = head_lr_mult
         self.backbone = backbone
-        channels = list(backbone.channels.values())
-        width = self.options.extra_channels
-        self.extras = nn.ModuleList(
-            extra_block(channels[-1] if i == 0 else width, width)
-            for i in range(self.options.extra_blocks)
+        # the neck keeps the name ``extras`` and its blocks ``0``, ``1``, ...: checkpoints load
+        self.extras = build_neck(
+            "ssd_extras",
+            backbone_shapes(backbone),
+            num_blocks=self.options.extra_blocks,
+            channels=self.options.extra_channels,
         )
-        channels += [width] * self.options.extra_blocks
+        channels = [shape.channels for shape in self.extras.output_shapes.values()]
         self.anchor_sizes = level_anchor_sizes(self.options, len(channels))
         self.anchor_ratios = list(self.options.anchor_ratios)
         self.box_stds = stds_from_variances(self.options.variances)
@@ -152,11 +141,12 @@ class SSD(nn.Module):
         self._anchor_cache: dict[tuple[Any, ...], Tensor] = {}
 
     def features(self, images: Tensor) -> list[Tensor]:
-        """Feature maps of every level, finest first: backbone stages, then extra blocks."""
-        levels = list(self.backbone(images).values())
-        for block in self.extras:
-            levels.append(block(levels[-1]))
-        return levels
+        """Feature maps of every level, finest first: backbone stages, then extra blocks.
+
+        ``Tensor[B, 3, H, W]`` → one ``Tensor[B, C_l, ~H / s_l, ~W / s_l]`` per level ``l``, with
+        channels and strides as ``self.extras.output_shapes``.
+        """
+        return list(self.extras(self.backbone(images)).values())
 
     def anchors(self, features: Sequence[Tensor], image_size: tuple[int, int]) -> Tensor:
         """Anchors of every level, in the head's order.
@@ -197,12 +187,15 @@ class SSD(nn.Module):
         return boxes, logits.float().softmax(-1)[..., 1:]
 
     def forward(
-        self, images: Tensor, targets: list[Target] | None = None
+        self, images: Tensor | ImageBatch, targets: list[Target] | None = None
     ) -> dict[str, Tensor] | list[Instances]:
         """Losses in training mode, detections in eval mode.
 
         Args:
-            images (Tensor[B, 3, H, W]): normalized images.
+            images (Tensor[B, 3, H, W] or ImageBatch): normalized images; an
+                :class:`~cvkit.structures.ImageBatch` of smaller images padded into the batch
+                clips each image's detections to its own size. SSD's anchors are fractions of
+                the input size, so it is trained and run on one fixed (letterboxed) size.
             targets: training only; one :class:`~cvkit.structures.Target` per image
                 (``boxes`` Tensor[N, 4] xyxy input pixels, ``labels`` Tensor[N] int64 in 0..C-1).
 
@@ -211,13 +204,14 @@ class SSD(nn.Module):
             eval: one :class:`~cvkit.structures.Instances` per image (``boxes [K, 4]`` xyxy
             input pixels, ``scores [K]``, ``labels [K]``).
         """
+        batch = ImageBatch.of(images)
+        images = batch.tensor
         if not self.training:
             boxes, scores = self.candidates(images)
-            size = (int(images.shape[-2]), int(images.shape[-1]))
             return select_detections(
                 boxes,
                 scores,
-                [size] * len(images),
+                batch.image_sizes,
                 self.inference.score_threshold,
                 self.inference.iou_threshold,
                 self.inference.max_det,
