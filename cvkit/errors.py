@@ -17,6 +17,18 @@ class DatasetError(CvkitError, ValueError):
     """A dataset is missing, unreadable or fails its checks."""
 
 
+class InputError(CvkitError, ValueError):
+    """An image or batch has the wrong type, shape or dtype for the model, or cannot be read."""
+
+
+class ImageError(DatasetError, InputError):
+    """An image file is missing or cannot be decoded, or an array is not an image.
+
+    Both a :class:`DatasetError` (a dataset's file) and an :class:`InputError` (a predictor's
+    input): :func:`cvkit.images.read_image` serves datasets and the runtime alike.
+    """
+
+
 class CheckpointError(CvkitError, ValueError):
     """A checkpoint file is missing, truncated or was written for another model."""
 

@@ -24,8 +24,9 @@ import numpy as np
 
 from cvkit.data.formats.coco import load_coco_json, read_coco
 from cvkit.data.formats.detect import detect_format, load_records
-from cvkit.data.records import Records, Sample, read_image, read_image_size, verify_image_data
+from cvkit.data.records import Records, Sample, read_image_size, verify_image_data
 from cvkit.errors import DatasetError
+from cvkit.images import read_image
 from cvkit.logs import get_logger
 
 ERROR, WARNING = "error", "warning"

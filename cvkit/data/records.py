@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from cvkit.errors import DatasetError
+from cvkit.images import read_image
 
 # COCO-style instance segmentation: a list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE dict.
 Segmentation = list[list[float]] | dict[str, Any]
@@ -80,10 +81,13 @@ class Sample:
         """The image as ``uint8 [H, W, 3]`` RGB.
 
         Raises:
-            DatasetError: the file is missing or cannot be decoded.
+            DatasetError: no image, or the file is missing or cannot be decoded
+                (:class:`~cvkit.errors.ImageError`).
         """
         if self.image is not None:
             return self.image
+        if self.path is None:
+            raise DatasetError("sample has neither an image path nor pixels")
         return read_image(self.path)
 
     def instance_masks(self) -> np.ndarray:
@@ -184,21 +188,6 @@ class Records:
                 f"{self.source}: {len(self.category_ids)} category ids for "
                 f"{len(self.classes)} classes"
             )
-
-
-def read_image(path: Path | str | None) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W, 3]`` RGB.
-
-    Raises:
-        DatasetError: the file is missing or cannot be decoded.
-    """
-    if path is None:
-        raise DatasetError("sample has neither an image path nor pixels")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        what = "missing" if not Path(path).exists() else "unreadable (corrupt or not an image)"
-        raise DatasetError(f"{path}: image file is {what}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def decode_segmentation(

@@ -29,7 +29,7 @@ class CheckpointPredictor:
         (:mod:`cvkit.runtime.results`) or a list of them."""
         import numpy as np
 
-        from cvkit.runtime.preprocess import read_image
+        from cvkit.images import read_image
 
         single = isinstance(images, (str, Path, np.ndarray))
         sources: Sequence[Any] = [images] if single else list(images)

@@ -20,12 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cvkit.data.records import read_image
 from cvkit.data.visualize import draw_detections
 from cvkit.errors import DatasetError
+from cvkit.images import IMAGE_SUFFIXES, read_image
 from cvkit.runtime.results import Classification, Detections
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_SCORE_THRESHOLD = 0.3
 
 

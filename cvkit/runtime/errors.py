@@ -2,17 +2,17 @@
 
 They derive from :class:`cvkit.errors.CvkitError` (a module that imports nothing heavy), so the
 CLI reports them as one-line messages and callers can catch every cvkit failure at once.
+:class:`~cvkit.errors.InputError` lives in :mod:`cvkit.errors` because datasets share the
+image reader that raises it (:func:`cvkit.images.read_image`).
 """
 
-from cvkit.errors import CvkitError
+from cvkit.errors import CvkitError, InputError
+
+__all__ = ["InputError", "ModelFileError", "ProviderError"]
 
 
 class ModelFileError(CvkitError, ValueError):
     """The model file is missing, is not ONNX, is corrupt, or lacks cvkit's metadata."""
-
-
-class InputError(CvkitError, ValueError):
-    """An image or batch has the wrong type, shape or dtype for the model, or cannot be read."""
 
 
 class ProviderError(CvkitError, RuntimeError):

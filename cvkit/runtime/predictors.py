@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cvkit.images import ImageSource, read_image
 from cvkit.runtime.errors import InputError, ModelFileError
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.postprocess import (
@@ -21,7 +22,7 @@ from cvkit.runtime.postprocess import (
     segmentation,
     select_detections,
 )
-from cvkit.runtime.preprocess import Geometry, ImageSource, preprocess, read_image
+from cvkit.runtime.preprocess import Geometry, preprocess
 from cvkit.runtime.results import Classification, Detections, Segmentation
 from cvkit.runtime.session import OnnxModel
 

@@ -9,50 +9,16 @@ metadata, then normalization, then batching into ``float32 [B, 3, H, W]``:
 - ``resize``: stretch to the input size; ``scale = (W / w, H / h)``.
 
 Predictions map back with ``original_xy = (input_xy - offset) / scale``, the data loader's
-contract.
+contract. Files and arrays are read by :func:`cvkit.images.read_image`, as datasets read them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cvkit.geometry import Geometry, fit, normalize
-from cvkit.runtime.errors import InputError
-
-ImageSource = str | Path | np.ndarray
-
-
-def read_image(source: ImageSource) -> np.ndarray:
-    """An image as RGB ``uint8 [H, W, 3]``, from a path or an array, treated alike.
-
-    Gray (``[H, W]`` or ``[H, W, 1]``) is repeated to 3 channels and an alpha channel
-    (``[H, W, 4]`` RGBA) is dropped, not composited: OpenCV reads gray and RGBA files the same
-    way, so a file and the array of its pixels give the same image.
-
-    Raises:
-        InputError: unreadable file, or an array of another shape or dtype.
-    """
-    if isinstance(source, (str, Path)):
-        image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-        if image is None:
-            raise InputError(f"{source}: not a readable image file")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if not isinstance(source, np.ndarray):
-        raise InputError(f"expected an image path or a numpy array, got {type(source).__name__}")
-    expected = "uint8 RGB [H, W, 3], RGBA [H, W, 4] or gray [H, W] / [H, W, 1]"
-    if source.dtype != np.uint8:
-        raise InputError(f"image arrays must be {expected}, got dtype {source.dtype}")
-    if source.ndim == 2:
-        source = source[:, :, None]
-    if source.ndim != 3 or source.shape[2] not in (1, 3, 4) or min(source.shape[:2]) < 1:
-        raise InputError(f"image arrays must be {expected}, got shape {source.shape}")
-    if source.shape[2] == 1:
-        return np.repeat(source, 3, axis=2)
-    return source[:, :, :3] if source.shape[2] == 4 else source
 
 
 def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:

@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
+from cvkit.images import read_image
 from cvkit.runtime import InputError
 from cvkit.runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from cvkit.runtime.preprocess import letterbox, normalize, preprocess, read_image, stretch
+from cvkit.runtime.preprocess import letterbox, normalize, preprocess, stretch
 
 
 def test_letterbox_keeps_aspect_and_pads_bottom_right_with_zeros():
@@ -115,3 +116,12 @@ def test_files_and_arrays_of_every_channel_layout_read_alike(tmp_path, channels)
     gray = array.reshape(6, 7, -1)[..., :1]
     expected = np.repeat(gray, 3, axis=2) if channels in (None, 1) else array[..., :3]
     np.testing.assert_array_equal(from_array, expected)
+
+
+def test_a_missing_file_is_both_a_dataset_and_an_input_error(tmp_path):
+    """Datasets and predictors read with the same function; each caller catches its own kind."""
+    from cvkit.errors import DatasetError
+
+    for kind in (DatasetError, InputError):
+        with pytest.raises(kind, match=r"gone\.png: image file is missing"):
+            read_image(tmp_path / "gone.png")

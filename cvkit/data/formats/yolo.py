@@ -18,8 +18,7 @@ import yaml
 
 from cvkit.data.records import Records, Sample, read_image_size, save_images
 from cvkit.errors import DatasetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from cvkit.images import IMAGE_SUFFIXES
 
 
 def load_data_yaml(yaml_path: Path) -> dict[str, Any]:
