@@ -14,6 +14,7 @@ The torch-free twin of :class:`Instances` is :class:`cvkit.runtime.results.Detec
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -153,6 +154,42 @@ class ImageBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
         """The batch on ``device``."""
         return ImageBatch(self.tensor.to(device, non_blocking=non_blocking), self.image_sizes)
+
+    @classmethod
+    def from_tensors(
+        cls, images: Sequence[Tensor], size_divisibility: int = 1, pad_value: float = 0.0
+    ) -> ImageBatch:
+        """Pad ``[3, h_i, w_i]`` images at the bottom/right into one ``[B, 3, H, W]`` tensor.
+
+        ``H``/``W`` are the largest height/width rounded up to a multiple of
+        ``size_divisibility`` (a model's total stride, so every level's grid is whole).
+
+        Raises:
+            ValueError: no images, or images that are not ``[C, h, w]`` with equal ``C``.
+        """
+        if not images:
+            raise ValueError("ImageBatch.from_tensors: no images")
+        if len({(image.dim(), image.shape[0]) for image in images}) != 1 or images[0].dim() != 3:
+            shapes = [tuple(image.shape) for image in images]
+            raise ValueError(f"ImageBatch.from_tensors: expected [C, h, w] images, got {shapes}")
+        step = max(1, int(size_divisibility))
+        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+        height = -(-max(h for h, _ in sizes) // step) * step
+        width = -(-max(w for _, w in sizes) // step) * step
+        first = images[0]
+        tensor = first.new_full((len(images), first.shape[0], height, width), pad_value)
+        for slot, image in zip(tensor, images, strict=True):
+            slot[:, : image.shape[1], : image.shape[2]].copy_(image)
+        return cls(tensor, sizes)
+
+    @classmethod
+    def of(cls, images: Tensor | ImageBatch) -> ImageBatch:
+        """``images`` as an ImageBatch: a plain ``[B, 3, H, W]`` tensor is B images of
+        ``(H, W)``."""
+        if isinstance(images, ImageBatch):
+            return images
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return cls(images, [size] * len(images))
 
 
 class Candidates(NamedTuple):

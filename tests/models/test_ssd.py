@@ -168,7 +168,7 @@ def test_select_detections_matches_torchvision_nms():
     xy = torch.rand(2, 300, 2, generator=generator) * 80
     boxes = torch.cat([xy, xy + 5 + torch.rand(2, 300, 2, generator=generator) * 30], -1)
     scores = torch.rand(2, 300, 4, generator=generator).softmax(-1)
-    detections = select_detections(boxes, scores, [(SIZE, SIZE)] * 2, 0.2, 0.45, 50, 400)
+    detections = select_detections(boxes, scores, [(128, 128)] * 2, 0.2, 0.45, 50, 400)
     for det, image_boxes, image_scores in zip(detections, boxes, scores, strict=True):
         ref_boxes, ref_scores, ref_labels = reference_selection(
             image_boxes, image_scores, 0.2, 0.45, 50, 400
@@ -177,7 +177,7 @@ def test_select_detections_matches_torchvision_nms():
         torch.testing.assert_close(det.boxes, ref_boxes)
         torch.testing.assert_close(det.scores, ref_scores)
         assert torch.equal(det.labels, ref_labels)
-    empty = select_detections(boxes, scores * 0, [(SIZE, SIZE)] * 2, 0.2, 0.45, 50, 400)
+    empty = select_detections(boxes, scores * 0, [(128, 128)] * 2, 0.2, 0.45, 50, 400)
     assert all(len(det.boxes) == 0 and det.boxes.shape == (0, 4) for det in empty)
 
 

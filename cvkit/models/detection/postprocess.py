@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.nms import batched_nms
 from cvkit.structures import Instances
 
@@ -37,7 +38,8 @@ def select_detections(
             one box per candidate shared by all classes, or one per (candidate, class) as
             two-stage heads regress them.
         scores (Tensor[B, N, C]): per-class probabilities in [0, 1] (no background column).
-        image_sizes: ``(h, w)`` of each image's valid region (recorded in the results).
+        image_sizes: ``(h, w)`` of each image's valid (unpadded) region: kept boxes are clipped
+            to it and it is recorded in the results.
         score_threshold: minimum score of a kept detection.
         iou_threshold: NMS overlap above which the lower-scoring box of a class is removed.
         max_det: detections kept per image.
@@ -61,6 +63,7 @@ def select_detections(
         kept_boxes = (
             image_boxes.reshape(-1, 4)[keep] if per_class else image_boxes[keep // num_classes]
         )
+        kept_boxes = clip_boxes(kept_boxes, (int(size[0]), int(size[1])))
         survivors = batched_nms(kept_boxes, kept_scores, labels, iou_threshold)[:max_det]
         detections.append(
             Instances(
