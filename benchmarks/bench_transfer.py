@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from cvkit.config import load_config
+from cvkit.config.data import DataConfig
+from cvkit.data.classification import ObjectCropDataset
 from cvkit.data.records import Records
 from cvkit.data.synthetic import synthetic_records
 from cvkit.engine.rundir import RunDir
 from cvkit.engine.tasks.classify import SHAPE_MIN_SOLIDITY, ClassifyTask
 from cvkit.engine.trainer import Trainer
-from cvkit.models.classification.data import ObjectCropDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "classify_resnet.yaml"
@@ -58,8 +59,16 @@ def only_classes(records: Records, keep: list[str]) -> Records:
     return Records(samples, list(keep), None, f"{records.source} {keep}")
 
 
-def crops(records: Records, size: int, train: bool) -> ObjectCropDataset:
-    return ObjectCropDataset(records, size, train=train, min_solidity=SHAPE_MIN_SOLIDITY)
+def crops(records: Records, data: DataConfig, train: bool) -> ObjectCropDataset:
+    """Crops of ``records`` at ``data.image_size``, normalized with ``data.mean``/``data.std``."""
+    return ObjectCropDataset(
+        records,
+        data.image_size,
+        data.mean,
+        data.std,
+        train=train,
+        min_solidity=SHAPE_MIN_SOLIDITY,
+    )
 
 
 def train(overrides: list[str], train_set, val_set, out: Path, seed: int) -> list[float]:
@@ -89,15 +98,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    size = load_config(CONFIG).data.image_size
+    data = load_config(CONFIG).data
     pretrain_classes = ["circle", "rectangle"]
     source, _ = synthetic_records(args.pretrain_images, 160, seed=100, split="train")
     source_val, _ = synthetic_records(args.val_images, 160, seed=100, split="val")
     target, _ = synthetic_records(args.target_images, 160, seed=0, split="train")
     target_val, _ = synthetic_records(args.val_images, 160, seed=0, split="val")
-    a_train = crops(only_classes(source, pretrain_classes), size, True)
-    a_val = crops(only_classes(source_val, pretrain_classes), size, False)
-    b_train, b_val = crops(target, size, True), crops(target_val, size, False)
+    a_train = crops(only_classes(source, pretrain_classes), data, True)
+    a_val = crops(only_classes(source_val, pretrain_classes), data, False)
+    b_train, b_val = crops(target, data, True), crops(target_val, data, False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         a_curve = train(
@@ -113,7 +122,9 @@ def main() -> None:
                 curves[arm].append(train(overrides, b_train, b_val, out, seed))
                 print(f"seed {seed} {arm}: final top-1 {curves[arm][-1][-1]:.4f}", flush=True)
     elapsed = time.perf_counter() - start
-    write_report(args, curves, a_curve, len(a_train), len(b_train), len(b_val), size, elapsed)
+    write_report(
+        args, curves, a_curve, len(a_train), len(b_train), len(b_val), data.image_size, elapsed
+    )
 
 
 def write_report(args, curves, a_curve, n_a, n_b, n_val, size, elapsed) -> None:

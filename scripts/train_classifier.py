@@ -7,7 +7,14 @@ gets ``plots/confusion_matrix.png``. Every option of ``cvkit train`` works here.
 
 import sys
 
+from cvkit.cli import EXIT_USAGE, build_parser
 from cvkit.engine.tasks.classify import train_and_report
+from cvkit.errors import CvkitError
 
 if __name__ == "__main__":
-    sys.exit(train_and_report(sys.argv[1:]))
+    arguments = build_parser().parse_args(["train", *sys.argv[1:]])
+    try:
+        sys.exit(train_and_report(arguments))
+    except CvkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

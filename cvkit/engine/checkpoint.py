@@ -1,9 +1,9 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, rebuilt into models.
+"""Checkpoint files: written atomically, read with ``weights_only=True``.
 
 A checkpoint is a plain dict (see :func:`save_checkpoint`). It is written to a temporary file
 in the same folder, flushed to disk and renamed over the target, so a process killed mid-write
-leaves the previous checkpoint intact and loadable. :func:`load_model` rebuilds a model from
-the file alone: the resolved config and class list inside it are enough.
+leaves the previous checkpoint intact and loadable. :func:`cvkit.models.loading.load_model`
+rebuilds a model from the dict alone: the resolved config and class list inside it are enough.
 
 Keys: ``model`` (state dict of the trained weights), ``ema`` (``{"module": state dict,
 "updates": n}`` or None), ``config`` (resolved config dict), ``classes``, ``category_ids``
@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from cvkit import __version__
 from cvkit.errors import CheckpointError
@@ -100,38 +99,3 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def inference_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights to deploy: the EMA weights when the run kept an EMA, else ``model``."""
-    ema = checkpoint.get("ema")
-    return ema["module"] if ema else checkpoint["model"]
-
-
-def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as, with its weights, in eval mode.
-
-    Uses the checkpoint's resolved config and class list with
-    :func:`cvkit.models.build.build_model`; loads the EMA weights when present.
-
-    Returns:
-        ``(model, checkpoint)``.
-
-    Raises:
-        CheckpointError: unreadable file, or weights that do not fit the rebuilt model.
-    """
-    from cvkit.config import Config
-    from cvkit.models.build import build_model
-
-    checkpoint = load_checkpoint(path, map_location)
-    config = Config.model_validate(checkpoint["config"])
-    model = build_model(config, len(checkpoint["classes"]))
-    try:
-        model.load_state_dict(inference_state_dict(checkpoint))
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit model {config.model.name!r}: {exc}"
-        ) from None
-    return model.to(map_location).eval(), checkpoint

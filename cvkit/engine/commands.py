@@ -30,7 +30,7 @@ import torch
 
 from cvkit.config import Config, load_config
 from cvkit.engine import distributed
-from cvkit.engine.checkpoint import load_model
+from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.environment import (
     available_cpus,
     configure_threads,
@@ -42,6 +42,7 @@ from cvkit.engine.tasks import Task, get_task
 from cvkit.engine.trainer import Trainer
 from cvkit.errors import CheckpointError, ConfigError, CvkitError
 from cvkit.logs import get_logger, setup_logging
+from cvkit.models.loading import load_model
 
 logger = get_logger("commands")
 
@@ -122,7 +123,8 @@ def evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.cfg, args.overrides)
     configure_threads(config.train.threads)
     device = select_device(config.device)
-    model, checkpoint = load_model(args.weights, device)
+    checkpoint = load_checkpoint(args.weights, device)
+    model = load_model(checkpoint, device, args.weights)
     task = get_task(config.task)(config)
     val_set = task.build_dataset("val")
     if list(val_set.classes) != list(checkpoint["classes"]):

@@ -67,12 +67,14 @@ class CheckpointModel:
         import torch
 
         from cvkit.config import Config
-        from cvkit.engine.checkpoint import load_model
+        from cvkit.engine.checkpoint import load_checkpoint
         from cvkit.engine.environment import select_device
+        from cvkit.models.loading import load_model
 
         self._torch = torch
         self.device = select_device(device)
-        self.model, checkpoint = load_model(weights, self.device)
+        checkpoint = load_checkpoint(weights, self.device)
+        self.model = load_model(checkpoint, self.device, weights)
         config = Config.model_validate(checkpoint["config"])
         self.config = config
         self.classes: list[str] = list(checkpoint["classes"])

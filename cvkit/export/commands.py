@@ -24,9 +24,11 @@ def export_checkpoint(
         CheckpointError: unreadable checkpoint. ExportError: export or parity check failed.
     """
     from cvkit.config import Config
-    from cvkit.engine.checkpoint import load_model
+    from cvkit.engine.checkpoint import load_checkpoint
+    from cvkit.models.loading import load_model
 
-    model, checkpoint = load_model(weights)
+    checkpoint = load_checkpoint(weights)
+    model = load_model(checkpoint, source=weights)
     config = Config.model_validate(checkpoint["config"])
     options = options or config.export
     metadata = metadata_from_config(config, list(checkpoint["classes"]))

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 import cvkit
 from cvkit.cli import main
-from cvkit.engine.checkpoint import load_checkpoint, load_model
+from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.tasks import Task, get_task, register_task
 from cvkit.geometry import normalize
 from cvkit.logs import setup_logging
 from cvkit.models.build import register_model
+from cvkit.models.loading import load_model
 from cvkit.runtime import load_predictor
 from cvkit.runtime.predictors import Predictor, register_predictor
 
@@ -123,7 +124,7 @@ def test_a_task_from_a_test_file_trains_evaluates_exports_and_runs(config_file, 
 
     val = BrightnessImages(16, seed=1)
     predicted = np.array(runtime.predict(list(val.images)))
-    model, _ = load_model(run / "weights" / "best.pt")
+    model = load_model(load_checkpoint(run / "weights" / "best.pt"))
     data = best["config"]["data"]
     with torch.no_grad():
         batch = torch.from_numpy(normalize(val.images, data["mean"], data["std"]))

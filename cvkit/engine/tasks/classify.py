@@ -2,19 +2,23 @@
 
 Data (``data:`` section): a split without ``path`` is the built-in synthetic shapes dataset
 (``data.synthetic``) cut into one crop per shape (class = shape); a ``path`` is an ImageFolder
-(one sub-folder of images per class). Crops and images are ``data.image_size`` square.
-Batches are ``(images [B, 3, S, S], labels [B] int64)``.
+(one sub-folder of images per class) placed into the ``data.image_size`` square by
+``data.resize`` exactly as the exported runtime places it; both are normalized with
+``data.mean``/``data.std`` (:mod:`cvkit.data.classification`). Batches are
+``(images [B, 3, S, S], labels [B] int64)``.
 
 The model is :func:`cvkit.models.build.build_model`'s, then ``model.pretrained``,
 ``model.reuse_classes`` and ``model.freeze_at`` are applied
 (:func:`cvkit.models.transfer.prepare_finetuning`) using the training split's class names.
 ``best.pt`` follows ``top1``; the last validation's confusion matrix stays on the task
 (:attr:`ClassifyTask.confusion`); :func:`train_and_report` (``scripts/train_classifier.py``)
-trains and then draws ``best.pt``'s confusion matrix into the run's ``plots/``.
+runs ``cvkit train`` (:func:`cvkit.engine.commands.train`) and then draws ``best.pt``'s
+confusion matrix into the run's ``plots/`` (:func:`plot_best_confusion`).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,7 @@ class ClassifyTask(Task):
 
     def build_dataset(self, split: str) -> Dataset:
         """Crops of the synthetic shapes or of a detection split, or an ImageFolder."""
-        from cvkit.models.classification.data import ImageFolderDataset, ObjectCropDataset
+        from cvkit.data.classification import ImageFolderDataset, ObjectCropDataset
 
         data = self.config.data
         source = getattr(data, split)
@@ -59,10 +63,17 @@ class ClassifyTask(Task):
                 count, data.synthetic.image_size, data.synthetic.seed, split
             )
             dataset: Dataset = ObjectCropDataset(
-                records, data.image_size, train=train, min_solidity=SHAPE_MIN_SOLIDITY
+                records,
+                data.image_size,
+                data.mean,
+                data.std,
+                train=train,
+                min_solidity=SHAPE_MIN_SOLIDITY,
             )
         else:
-            dataset = ImageFolderDataset(source.path, data.image_size, train=train)
+            dataset = ImageFolderDataset(
+                source.path, data.image_size, data.mean, data.std, data.resize, train=train
+            )
         if train:
             self.classes = list(dataset.classes)
         logger.info("%s split: %d samples, classes %s", split, len(dataset), dataset.classes)
@@ -154,33 +165,44 @@ class ClassifyTask(Task):
         return f"{head} | acc {per_class}" if per_class else head
 
 
-def train_and_report(argv: list[str]) -> int:
-    """``cvkit train ARGV`` for a classification config, then the confusion matrix of best.pt.
-
-    The PNG goes to ``<run>/plots/confusion_matrix.png`` (val split, best checkpoint).
-    Returns the exit code of ``cvkit train``.
-    """
+def train_and_report(args: argparse.Namespace) -> int:
+    """``cvkit train`` (:func:`cvkit.engine.commands.train`, same ``args``) for a classification
+    config, then :func:`plot_best_confusion` of the run; returns ``train``'s exit code."""
     import json
     import tempfile
 
-    from cvkit.cli import main
-    from cvkit.config import Config
-    from cvkit.engine.checkpoint import load_model
-    from cvkit.models.classification.metrics import plot_confusion_matrix
+    from cvkit.engine.commands import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--json"]
-        summary = Path(given[-1]) if given else Path(tmp) / "metrics.json"
-        code = main(["train", *argv, "--json", str(summary)])
+        summary = Path(args.json) if args.json else Path(tmp) / "metrics.json"
+        code = train(argparse.Namespace(**{**vars(args), "json": str(summary)}))
         if code != 0:
             return code
         run = Path(json.loads(summary.read_text(encoding="utf-8"))["run"])
-    model, checkpoint = load_model(run / "weights" / "best.pt")
+    path, metrics = plot_best_confusion(run)
+    print(f"confusion matrix (best.pt, val top-1 {metrics['top1']:.4f}): {path}")
+    return 0
+
+
+def plot_best_confusion(run: str | Path) -> tuple[Path, dict[str, float]]:
+    """Evaluate ``<run>/weights/best.pt`` on its config's val split (CPU) and draw the
+    confusion matrix to ``<run>/plots/confusion_matrix.png``.
+
+    Returns:
+        ``(png path, the validation metrics)``.
+    """
+    from cvkit.config import Config
+    from cvkit.engine.checkpoint import load_checkpoint
+    from cvkit.models.classification.metrics import plot_confusion_matrix
+    from cvkit.models.loading import load_model
+
+    run = Path(run)
+    checkpoint = load_checkpoint(run / "weights" / "best.pt")
+    model = load_model(checkpoint, source=run / "weights" / "best.pt")
     task = ClassifyTask(Config.model_validate(checkpoint["config"]))
     val = task.build_dataset("val")
     metrics = task.evaluate(model, task.build_loader(val, train=False), torch.device("cpu"))
     path = plot_confusion_matrix(
         task.confusion, val.classes, run / "plots" / "confusion_matrix.png"
     )
-    print(f"confusion matrix (best.pt, val top-1 {metrics['top1']:.4f}): {path}")
-    return 0
+    return path, metrics
