@@ -7,8 +7,9 @@ it returns, its dynamic axes and how it is compared with torch belong to the met
 - detect, NMS in the graph: ``boxes [B, K, 4]`` (x1, y1, x2, y2 input pixels), ``scores [B, K]``,
   ``labels [B, K]`` int64, ``num_dets [B]`` int64 — ``model.candidates`` followed by
   :func:`cvkit.ops.nms.batched_nms_padded` (ONNX ``NonMaxSuppression``), ``K = max_det``;
-- detect, ``nms=False``: the raw candidates ``boxes [B, N, 4]`` and ``scores [B, N, C]``; the
-  runtime applies the score threshold, NMS and ``max_det`` in numpy;
+- detect, ``nms=False``: the raw candidates ``boxes [B, N, 4]`` (or per-class
+  ``[B, N, C, 4]``) and ``scores [B, N, C]``; the runtime applies the score threshold, NMS and
+  ``max_det`` in numpy;
 - classify: ``logits [B, C]``; segment: ``logits [B, C, H, W]``.
 
 After writing the file, :func:`check_parity` runs the same inputs through torch and onnxruntime
@@ -58,8 +59,8 @@ class DetectorGraph(nn.Module):
     :func:`cvkit.ops.nms.batched_nms_padded` sees exactly those pairs.
 
     Args:
-        model: a detector implementing ``candidates(images) -> (boxes [B, N, 4],
-            scores [B, N, C])``.
+        model: a detector implementing ``candidates(images) -> (boxes, scores [B, N, C])``
+            with boxes shared by all classes ``[B, N, 4]`` or per class ``[B, N, C, 4]``.
         nms: the padded NMS method appended (``"hard"``, ``"soft"``, ``"diou"``, see
             :func:`cvkit.ops.nms.padded_nms`; ``True`` means hard); false: the graph
             returns the candidates.
@@ -97,8 +98,12 @@ class DetectorGraph(nn.Module):
         if not self.nms:
             return boxes, scores
         num_pairs = scores.shape[1] * scores.shape[2]
-        if self.topk_candidates is not None and self.topk_candidates < num_pairs:
-            boxes, scores = self._top_pairs(boxes, scores, self.topk_candidates)
+        top_k = self.topk_candidates
+        if top_k is not None and top_k < num_pairs:
+            boxes, scores = self._top_pairs(boxes, scores, top_k)
+        elif boxes.dim() == 4:
+            # per-class boxes: every (candidate, class) pair becomes a row of its own
+            boxes, scores = self._top_pairs(boxes, scores, num_pairs)
         method = "hard" if self.nms is True else self.nms
         return padded_nms(
             method,
@@ -113,12 +118,16 @@ class DetectorGraph(nn.Module):
     @staticmethod
     def _top_pairs(boxes: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The ``k`` best (candidate, class) pairs as ``boxes [B, k, 4]``, one-hot
-        ``scores [B, k, C]``."""
+        ``scores [B, k, C]``; ``boxes`` is shared ``[B, N, 4]`` or per-class ``[B, N, C, 4]``."""
         num_classes = scores.shape[2]
         top_scores, top_index = scores.flatten(1).topk(k, dim=1)
         box_index = torch.div(top_index, num_classes, rounding_mode="floor")
         labels = top_index - box_index * num_classes
-        top_boxes = torch.gather(boxes, 1, box_index.unsqueeze(-1).expand(-1, -1, 4))
+        if boxes.dim() == 4:
+            rows, row_index = boxes.flatten(1, 2), top_index
+        else:
+            rows, row_index = boxes, box_index
+        top_boxes = torch.gather(rows, 1, row_index.unsqueeze(-1).expand(-1, -1, 4))
         one_hot = nn.functional.one_hot(labels, num_classes).to(top_scores.dtype)
         return top_boxes, one_hot * top_scores.unsqueeze(-1)
 

@@ -5,7 +5,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from cvkit.structures import Instances
+from cvkit.models.detection.postprocess import select_detections
+from cvkit.structures import ImageBatch, Instances
 
 
 class ToyDetector(nn.Module):
@@ -62,6 +63,47 @@ class ToyDetector(nn.Module):
                 )
             )
         return results
+
+
+class PerClassDetector(nn.Module):
+    """One anchor per stride-8 cell; the head regresses a separate box for every class."""
+
+    def __init__(self, num_classes: int = 3, image_size: int = 64) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=4, padding=1),
+        )
+        self.head = nn.Conv2d(16, 5 * num_classes, 1)
+        centers = (torch.arange(image_size // 8, dtype=torch.float32) + 0.5) * 8
+        cy, cx = torch.meshgrid(centers, centers, indexing="ij")
+        self.register_buffer("centers", torch.stack([cx, cy], -1).reshape(-1, 2))
+        self.score_threshold, self.iou_threshold, self.max_det = 0.3, 0.5, 20
+        self.topk_candidates = 10_000
+
+    def candidates(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``boxes [B, N, C, 4]`` xyxy input pixels, ``scores [B, N, C]``."""
+        out = self.head(self.body(images)).flatten(2).transpose(1, 2)
+        count = self.num_classes
+        deltas = out[..., : 4 * count].reshape(*out.shape[:2], count, 4)
+        middle = self.centers[None, :, None] + deltas[..., :2] * 16
+        half = 8 * torch.exp(deltas[..., 2:].clamp(max=3))
+        return torch.cat([middle - half, middle + half], -1), out[..., 4 * count :].sigmoid()
+
+    def forward(self, images: Tensor | ImageBatch) -> list[Instances]:
+        batch = ImageBatch.of(images)
+        boxes, scores = self.candidates(batch.tensor)
+        return select_detections(
+            boxes,
+            scores,
+            batch.image_sizes,
+            self.score_threshold,
+            self.iou_threshold,
+            self.max_det,
+            self.topk_candidates,
+        )
 
 
 class ToyClassifier(nn.Module):
@@ -137,3 +179,9 @@ def tiny_ssd_weights(tmp_path):
     model = build_model(config, len(classes)).eval()
     checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "ema": None}
     return save_checkpoint({**checkpoint, "classes": classes}, tmp_path / "ssd.pt")
+
+
+@pytest.fixture
+def per_class_detector() -> PerClassDetector:
+    torch.manual_seed(0)
+    return PerClassDetector().eval()

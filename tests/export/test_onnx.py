@@ -276,3 +276,40 @@ def test_runtime_works_where_importing_torch_fails(toy_detector, tmp_path):
     for child, parent in zip(got, expected, strict=True):
         assert child["labels"] == parent.labels.tolist() and child["names"] == parent.names
         np.testing.assert_allclose(child["boxes"], parent.boxes, atol=1e-4)
+
+
+def test_per_class_boxes_are_selected_per_class(per_class_detector):
+    model = per_class_detector
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        boxes, scores = model.candidates(images)
+        (detections,) = model(images)
+    assert boxes.shape == (1, 64, 3, 4) and len(detections) > 0
+    # each detection's box is the box its own class regressed for its candidate
+    flat_boxes = boxes[0].reshape(-1, 4)
+    for box, label, score in zip(
+        detections.boxes, detections.labels, detections.scores, strict=True
+    ):
+        pair = torch.nonzero(scores[0, :, label] == score).squeeze(1)
+        assert any(
+            torch.allclose(flat_boxes[index * 3 + label].clamp(0, 64), box) for index in pair
+        )
+
+
+@pytest.mark.parametrize(("nms", "topk"), [(True, None), (True, 12), (False, None)])
+def test_per_class_export_matches_torch_for_batch_1_and_4(per_class_detector, tmp_path, nms, topk):
+    model = per_class_detector
+    model.topk_candidates = topk if topk is not None else 10_000
+    meta = dataclasses.replace(DETECT_META, topk_candidates=topk)
+    path = tmp_path / "per_class.onnx"
+    result = export_model(model, path, meta, ExportConfig(dynamic=True, nms=nms))
+    assert result.differences["boxes"] < 1e-5 and result.differences["scores"] < 1e-5
+    detector = Detector(path, providers="cpu", batch_size=4)
+    for count in (1, 4):
+        images = _images(count, square=True)
+        if not nms:
+            outputs = detector.model.run(detector.preprocess(images)[0])
+            assert outputs["boxes"].shape == (count, 64, 3, 4)
+        expected = _torch_detections(model, detector, images)
+        _assert_same_detections(detector.predict(images), expected, 64)
