@@ -96,6 +96,8 @@ def test_ssd_takes_an_image_batch_like_a_tensor():
     )
     torch.manual_seed(0)
     model = build_model(config, 3).eval()
+    # resnet18_tiny stages to stride 32, then extra blocks each halve the resolution
+    assert model.size_divisibility == 32 * 2**config.model.ssd.extra_blocks
     model.inference = config.eval.model_copy(update={"score_threshold": 0.0})
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -260,6 +260,12 @@ class SSD(nn.Module):
         box_targets = encode_boxes(torch.stack(matched_boxes), anchors, stds=self.box_stds)
         return torch.stack(classes), box_targets
 
+    @property
+    def size_divisibility(self) -> int:
+        """The coarsest level's stride: pad images to a multiple of it
+        (:meth:`~cvkit.structures.ImageBatch.from_tensors`) so every level's grid is whole."""
+        return max(shape.stride for shape in self.extras.output_shapes.values())
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Body (backbone) and head (extra blocks + predictors) groups with their ``lr_mult``."""
         return body_head_groups(self, self.body_lr_mult, self.head_lr_mult)
