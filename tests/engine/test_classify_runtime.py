@@ -20,6 +20,7 @@ from cvkit.cli import main
 from cvkit.config import Config
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.tasks import get_task
+from cvkit.engine.tasks.classify import plot_best_confusion
 from cvkit.export.commands import export_checkpoint
 from cvkit.models.classification.metrics import confusion_matrix
 from cvkit.models.loading import load_model
@@ -114,3 +115,13 @@ def test_cvkit_predict_gives_the_same_labels_from_pt_and_onnx(trained, tmp_path)
         labels[model.suffix] = [(record["image"], record["label"]) for record in records]
     assert len(labels[".pt"]) == 10
     assert labels[".pt"] == labels[".onnx"]
+
+
+def test_the_best_checkpoints_confusion_matrix_is_drawn_into_the_run(trained):
+    run, _ = trained
+    path, metrics = plot_best_confusion(run)
+    assert path == run / "plots" / "confusion_matrix.png"
+    assert cv2.imread(str(path)) is not None
+    # reference: the validation that chose best.pt during training
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["top1"] == pytest.approx(max(row["val/top1"] for row in rows))

@@ -197,8 +197,9 @@ def plot_best_confusion(run: str | Path) -> tuple[Path, dict[str, float]]:
     from cvkit.models.loading import load_model
 
     run = Path(run)
-    checkpoint = load_checkpoint(run / "weights" / "best.pt")
-    model = load_model(checkpoint, source=run / "weights" / "best.pt")
+    weights = run / "weights" / "best.pt"
+    checkpoint = load_checkpoint(weights)
+    model = load_model(checkpoint, source=weights)
     task = ClassifyTask(Config.model_validate(checkpoint["config"]))
     val = task.build_dataset("val")
     metrics = task.evaluate(model, task.build_loader(val, train=False), torch.device("cpu"))
