@@ -17,7 +17,7 @@ class CheckpointPredictor:
     """
 
     def __init__(self, weights: str | Path, device: str = "auto") -> None:
-        from cvkit.engine.predict_segment import weights_task
+        from cvkit.engine.checkpoint import weights_task
         from cvkit.engine.tasks import get_task
 
         self.task = weights_task(weights)

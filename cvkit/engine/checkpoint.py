@@ -76,6 +76,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+def weights_task(path: str | Path) -> str:
+    """The task (``detect``, ``segment`` ...) a ``.pt`` checkpoint or ``.onnx`` file was made for.
+
+    Raises:
+        CheckpointError: unreadable checkpoint. ModelFileError: unreadable ONNX file.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from cvkit.runtime import OnnxModel
+
+        return OnnxModel(path, "cpu").metadata.task
+    return str(load_checkpoint(path)["config"]["task"])
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states as tensors and plain types."""
     version, python_state, gauss = random.getstate()

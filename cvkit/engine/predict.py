@@ -315,7 +315,7 @@ def run_predict(args: Any) -> int:
 
     configure_threads()
     paths = list_images(args.source)
-    from cvkit.engine.predict_segment import weights_task
+    from cvkit.engine.checkpoint import weights_task
     from cvkit.engine.tasks import get_task
 
     task = get_task(weights_task(args.weights))

@@ -26,21 +26,6 @@ from cvkit.runtime.results import overlay_mask
 Segmenter = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
-def weights_task(path: str | Path) -> str:
-    """The task (``detect``, ``segment`` ...) a ``.pt`` checkpoint or ``.onnx`` file was made for.
-
-    Raises:
-        CheckpointError: unreadable checkpoint. ModelFileError: unreadable ONNX file.
-    """
-    if Path(path).suffix.lower() == ".onnx":
-        from cvkit.runtime import OnnxModel
-
-        return OnnxModel(path, "cpu").metadata.task
-    from cvkit.engine.checkpoint import load_checkpoint
-
-    return str(load_checkpoint(path)["config"]["task"])
-
-
 class CheckpointSegmenter(CheckpointModel):
     """A trained cvkit segmenter (``.pt`` checkpoint) as a :data:`Segmenter`.
 

@@ -11,8 +11,7 @@ import torch
 from cvkit.cli import main
 from cvkit.config import config_to_dict, load_config
 from cvkit.data.synthetic import render_sample
-from cvkit.engine.checkpoint import save_checkpoint
-from cvkit.engine.predict_segment import weights_task
+from cvkit.engine.checkpoint import save_checkpoint, weights_task
 from cvkit.export.commands import export_checkpoint
 from cvkit.models.build import build_model
 from cvkit.runtime.results import class_colour, overlay_mask
