@@ -36,7 +36,7 @@ from cvkit.data.classification import ObjectCropDataset
 from cvkit.data.records import Records
 from cvkit.data.synthetic import synthetic_records
 from cvkit.engine.rundir import RunDir
-from cvkit.engine.tasks.classify import SHAPE_MIN_SOLIDITY, ClassifyTask
+from cvkit.engine.tasks.classify import ClassifyTask, shape_crops
 from cvkit.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +61,7 @@ def only_classes(records: Records, keep: list[str]) -> Records:
 
 def crops(records: Records, data: DataConfig, train: bool) -> ObjectCropDataset:
     """Crops of ``records`` at ``data.image_size``, normalized with ``data.mean``/``data.std``."""
-    return ObjectCropDataset(
-        records,
-        data.image_size,
-        data.mean,
-        data.std,
-        train=train,
-        min_solidity=SHAPE_MIN_SOLIDITY,
-    )
+    return shape_crops(records, data, train)
 
 
 def train(overrides: list[str], train_set, val_set, out: Path, seed: int) -> list[float]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from cvkit.data.classification import ObjectCropDataset
 from cvkit.engine.tasks import Task, register_task
 from cvkit.errors import DatasetError
 from cvkit.logs import get_logger
@@ -35,6 +36,19 @@ from cvkit.logs import get_logger
 logger = get_logger("classify")
 # Synthetic shapes are convex: a visible mask filling less of its hull than this is occluded.
 SHAPE_MIN_SOLIDITY = 0.9
+
+
+def shape_crops(records: Any, data: Any, train: bool) -> ObjectCropDataset:
+    """One crop per (mostly visible) shape of ``records`` at ``data.image_size``, normalized with
+    ``data.mean``/``data.std``; ``train`` adds the random crop and flip."""
+    return ObjectCropDataset(
+        records,
+        data.image_size,
+        data.mean,
+        data.std,
+        train=train,
+        min_solidity=SHAPE_MIN_SOLIDITY,
+    )
 
 
 @register_task("classify")
@@ -50,7 +64,7 @@ class ClassifyTask(Task):
 
     def build_dataset(self, split: str) -> Dataset:
         """Crops of the synthetic shapes or of a detection split, or an ImageFolder."""
-        from cvkit.data.classification import ImageFolderDataset, ObjectCropDataset
+        from cvkit.data.classification import ImageFolderDataset
 
         data = self.config.data
         source = getattr(data, split)
@@ -62,14 +76,7 @@ class ClassifyTask(Task):
             records, _ = synthetic_records(
                 count, data.synthetic.image_size, data.synthetic.seed, split
             )
-            dataset: Dataset = ObjectCropDataset(
-                records,
-                data.image_size,
-                data.mean,
-                data.std,
-                train=train,
-                min_solidity=SHAPE_MIN_SOLIDITY,
-            )
+            dataset: Dataset = shape_crops(records, data, train)
         else:
             dataset = ImageFolderDataset(
                 source.path, data.image_size, data.mean, data.std, data.resize, train=train
