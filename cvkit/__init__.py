@@ -7,10 +7,10 @@ The top level imports no torch, so ``import cvkit`` is fast and the torch-free r
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "load", "train"]
 
 # The Python API loads lazily: ``import cvkit`` stays torch-free and fast.
-_API = {"load": "cvkit.engine.api"}
+_API = {"load": "cvkit.engine.api", "train": "cvkit.engine.api"}
 
 
 def __getattr__(name: str):

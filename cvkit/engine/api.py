@@ -1,4 +1,5 @@
-"""The Python API beside the CLI: ``cvkit.load(path)`` for a ``.pt`` or an ``.onnx`` alike."""
+"""The Python API beside the CLI: ``cvkit.train(cfg, **overrides)`` returns the run;
+``cvkit.load(path)`` gives a predictor for a ``.pt`` or an ``.onnx`` alike."""
 
 from __future__ import annotations
 
@@ -50,3 +51,46 @@ def load(path: str | Path, device: str = "auto") -> Any:
 
         return load_predictor(path, device)
     return CheckpointPredictor(path, device)
+
+
+def train(
+    cfg: Any = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    **overrides: Any,
+) -> Any:
+    """Train as ``cvkit train`` does and return the run.
+
+    ``cvkit.train("configs/ssd.yaml", train__epochs=3, data__image_size=96)`` — a keyword's
+    ``__`` separates nested keys (``train__epochs`` is ``--set train.epochs=3``); dotted keys
+    work too: ``cvkit.train(cfg, **{"train.epochs": 3})``. Values are Python values (numbers,
+    strings, lists, None).
+
+    Args:
+        cfg: a YAML path, a :class:`~cvkit.config.Config`, or None (the defaults).
+        out: the run folder (default: a new one under ``runs/<task>/``).
+        resume: a ``last.pt`` to continue from (``--resume``).
+        callbacks: extra :class:`~cvkit.engine.callbacks.Callback` objects for the Trainer.
+        **overrides: config values that replace the file's.
+
+    Returns:
+        The :class:`~cvkit.engine.commands.TrainRun`: ``metrics``, ``best``, ``last``,
+        ``folder``, ``best_epoch``, ``onnx`` (when ``export.after_train``).
+
+    Raises:
+        ConfigError: an unknown key or a bad value (named as ``--set KEY``).
+    """
+    import json
+    import tempfile
+
+    from cvkit.config import Config, load_config, save_config
+    from cvkit.engine.commands import run_training
+
+    settings = [f"{key.replace('__', '.')}={json.dumps(value)}" for key, value in overrides.items()]
+    if isinstance(cfg, Config):
+        with tempfile.TemporaryDirectory() as folder:
+            config = load_config(save_config(cfg, Path(folder) / "config.yaml"), settings)
+    else:
+        config = load_config(cfg, settings)
+    return run_training(config, resume=resume, out=out, callbacks=callbacks)

@@ -23,6 +23,8 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import torch
 
 from cvkit.config import Config, load_config
 from cvkit.engine import distributed
+from cvkit.engine.callbacks import Callback
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.environment import (
     available_cpus,
@@ -47,17 +50,76 @@ from cvkit.models.loading import load_model
 logger = get_logger("commands")
 
 
+@dataclass
+class TrainRun:
+    """What one training run produced (see :func:`run_training`).
+
+    Attributes:
+        metrics: validation metrics of ``best.pt`` (the last epoch's training losses when
+            there is no validation).
+        folder: the run folder (``config.yaml``, ``train.log``, ``metrics.csv``, ``plots/``).
+        best: ``weights/best.pt``; last: ``weights/last.pt``.
+        best_epoch: the epoch ``best.pt`` was saved at (0: never).
+        epochs: epochs trained in total.
+        onnx: ``weights/best.onnx`` when ``export.after_train`` exported it, else None.
+        export_error: why that export failed, else None.
+    """
+
+    metrics: dict[str, float]
+    folder: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    epochs: int
+    onnx: Path | None = None
+    export_error: str | None = None
+
+
 def train(args: argparse.Namespace) -> int:
-    """``cvkit train``: train a model from a config; returns the exit code."""
+    """``cvkit train``: train a model from a config; returns the exit code (1 when the
+    ``export.after_train`` export failed, after the training results were written)."""
     config = load_config(args.cfg, args.overrides)
+    run = run_training(config, resume=args.resume, out=args.out, json_path=args.json)
+    return 1 if run.export_error else 0
+
+
+def run_training(
+    config: Config,
+    resume: str | Path | None = None,
+    out: str | Path | None = None,
+    json_path: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainRun:
+    """Train ``config`` as ``cvkit train`` does (also under ``torchrun``): seed, threads,
+    device, run folder, datasets, model, :class:`~cvkit.engine.trainer.Trainer` with
+    ``callbacks``, summary, and the ``export.after_train`` export.
+
+    Args:
+        config: the validated config.
+        resume: a ``last.pt`` to continue from.
+        out: the run folder (default: the resumed run's, else a new one under ``runs/``).
+        json_path: also write the metrics there as JSON.
+        callbacks: extra :class:`~cvkit.engine.callbacks.Callback` objects.
+
+    Raises:
+        CvkitError: a bad dataset, config or checkpoint (the export's failure is reported in
+            :attr:`TrainRun.export_error` instead).
+    """
     info = distributed.init_distributed()
     try:
-        return _train(config, args, info)
+        return _train(config, resume, out, json_path, list(callbacks), info)
     finally:
         distributed.cleanup_distributed()
 
 
-def _train(config: Config, args: argparse.Namespace, info: distributed.DistInfo) -> int:
+def _train(
+    config: Config,
+    resume: str | Path | None,
+    out: str | Path | None,
+    json_path: str | Path | None,
+    callbacks: list[Callback],
+    info: distributed.DistInfo,
+) -> TrainRun:
     threads = config.train.threads
     if threads is None and info.enabled:
         threads = max(1, available_cpus() // info.local_world_size)
@@ -66,7 +128,7 @@ def _train(config: Config, args: argparse.Namespace, info: distributed.DistInfo)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     seed_everything(config.seed)
-    run = _run_dir(config, args) if info.rank == 0 else None
+    run = _run_dir(config, out, resume) if info.rank == 0 else None
     if info.rank != 0:
         setup_logging("WARNING")
     run_root = distributed.broadcast_object(str(run.root) if run else None)
@@ -86,36 +148,39 @@ def _train(config: Config, args: argparse.Namespace, info: distributed.DistInfo)
         run=run,
         device=device,
         classes=classes,
+        callbacks=callbacks,
     )
-    if args.resume:
-        trainer.resume(args.resume)
+    if resume:
+        trainer.resume(resume)
     start = time.perf_counter()
     metrics = trainer.fit()
+    result = TrainRun(metrics, run.root, run.best, run.last, trainer.best_epoch, trainer.epoch)
     if info.rank == 0:
         elapsed = time.perf_counter() - start
         best = f" (best.pt: epoch {trainer.best_epoch})" if trainer.best_epoch else ""
         print(f"cvkit train: {trainer.epoch} epochs in {_duration(elapsed)}{best}")
         print(format_metrics(task, metrics))
         print(f"run folder: {run.root} (weights/, metrics.csv, plots/, train.log)")
-        if args.json:
+        if json_path:
             extra = {"epoch": trainer.best_epoch, "run": str(run.root), "time_s": elapsed}
-            write_metrics_json(args.json, metrics, extra)
+            write_metrics_json(json_path, metrics, extra)
         if config.export.after_train:
-            return _export_best(run)
-    return 0
+            _export_best(run, result)
+    return result
 
 
-def _export_best(run: RunDir) -> int:
-    """Export ``best.pt`` to ONNX next to it; returns the exit code (1 when export fails)."""
+def _export_best(run: RunDir, result: TrainRun) -> None:
+    """Export ``best.pt`` to ONNX next to it, recording the file or the error in ``result``."""
     from cvkit.export.commands import export_checkpoint
 
     try:
-        result = export_checkpoint(run.best)
+        exported = export_checkpoint(run.best)
     except CvkitError as exc:
         logger.error("training finished, but exporting %s failed: %s", run.best, exc)
-        return 1
-    print(f"exported: {result.path} (ONNX, checked against torch)")
-    return 0
+        result.export_error = str(exc)
+        return
+    result.onnx = exported.path
+    print(f"exported: {exported.path} (ONNX, checked against torch)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -176,13 +241,12 @@ def write_metrics_json(path: str | Path, metrics: dict[str, float], extra: dict[
     return path
 
 
-def _run_dir(config: Config, args: argparse.Namespace) -> RunDir:
-    """``--out``, else the run folder of ``--resume``'s checkpoint, else a new one in ``runs/``."""
-    out = args.out
-    if out is None and args.resume:
-        resume = Path(args.resume)
-        if resume.parent.name == "weights":
-            out = resume.parent.parent
+def _run_dir(config: Config, out: str | Path | None, resume: str | Path | None) -> RunDir:
+    """``out``, else the run folder of ``resume``'s checkpoint, else a new one in ``runs/``."""
+    if out is None and resume:
+        resumed = Path(resume)
+        if resumed.parent.name == "weights":
+            out = resumed.parent.parent
     return create_run_dir(config, out=out)
 
 
