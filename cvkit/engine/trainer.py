@@ -142,7 +142,6 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.metrics: dict[str, float] = {}
         self.stale_validations = 0
-        self.batch_losses: list[float] = []
         self.callbacks = list(callbacks)
         names = [callback.name for callback in self.callbacks]
         if len(set(names)) != len(names):
@@ -261,6 +260,8 @@ class Trainer:
                 total = sum(losses.values())
                 values = self._loss_values(losses, total, epoch, index, batch)
                 self.scaler.scale(total / cfg.accumulate).backward()
+            batch_info = {"epoch": epoch, "batch": index, "step": self.step, "losses": values}
+            self._call("on_batch_end", batch_info)
             if step_now:
                 self._optimizer_step()
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -308,7 +309,6 @@ class Trainer:
                 f"non-finite loss at epoch {epoch + 1}, step {self.step}, batch {index} "
                 f"({_describe_batch(batch)}): {shown}; lower train.lr or set train.grad_clip"
             )
-        self.batch_losses.append(values["loss"])
         return values
 
     def _validate(self) -> bool:

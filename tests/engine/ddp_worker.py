@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from engine_toys import ToyDataset, ToyModel, ToyTask, toy_config
+from engine_toys import LossRecorder, ToyDataset, ToyModel, ToyTask, toy_config
 
 from cvkit.engine.distributed import cleanup_distributed, init_distributed
 from cvkit.engine.rundir import RunDir
@@ -31,10 +31,13 @@ def main(out: Path) -> None:
     run = RunDir(out / f"run{info.rank}")
     for folder in (run.root, run.weights, run.plots):
         folder.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, ToyTask(config), ToyModel(), train, val, run=run)
+    recorder = LossRecorder()
+    trainer = Trainer(
+        config, ToyTask(config), ToyModel(), train, val, run=run, callbacks=[recorder]
+    )
     trainer.fit()
     torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
-    torch.save(trainer.batch_losses, out / f"losses{info.rank}.pt")
+    torch.save(recorder.losses, out / f"losses{info.rank}.pt")
     cleanup_distributed()
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import load_config
+from cvkit.engine.callbacks import Callback
 from cvkit.engine.tasks import Task
 from cvkit.geometry import Geometry
 from cvkit.models.build import register_model
@@ -195,3 +196,13 @@ class OracleDetector(nn.Module):
 def build_oracle(config, num_classes: int) -> OracleDetector:
     """``model.name: toy_oracle``: an :class:`OracleDetector` over :class:`ToyDetectionDataset`."""
     return OracleDetector(ToyDetectionDataset())
+
+
+class LossRecorder(Callback):
+    """A user callback: the total loss of every training batch, in order."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_batch_end(self, trainer, batch_info) -> None:
+        self.losses.append(batch_info["losses"]["loss"])

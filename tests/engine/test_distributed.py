@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
-from engine_toys import ToyDataset, ToyModel, ToyTask, toy_config
+from engine_toys import LossRecorder, ToyDataset, ToyModel, ToyTask, toy_config
 from torch.utils.data import DataLoader
 
 from cvkit.engine.distributed import DistInfo, init_distributed, is_main_process
@@ -33,7 +33,14 @@ def test_ddp_two_cpu_processes_match_single_process_training(tmp_path):
     # [5, 7]: each step averages the gradients of the same 4 images one process sees at once.
     config = toy_config("train.epochs=2", "train.lr=0.1")
     torch.manual_seed(0)
-    single = Trainer(config, ToyTask(config), ToyModel(), DataLoader(ToyDataset(8), batch_size=4))
+    recorder = LossRecorder()
+    single = Trainer(
+        config,
+        ToyTask(config),
+        ToyModel(),
+        DataLoader(ToyDataset(8), batch_size=4),
+        callbacks=[recorder],
+    )
     single.fit()
     for name, value in single.model.state_dict().items():
         assert torch.equal(rank0[name], rank1[name]), name
@@ -41,7 +48,7 @@ def test_ddp_two_cpu_processes_match_single_process_training(tmp_path):
     # logged losses are averaged over ranks, so they equal the single process's batch losses
     losses = torch.load(tmp_path / "losses0.pt", weights_only=True)
     assert losses == torch.load(tmp_path / "losses1.pt", weights_only=True)
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(single.batch_losses))
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(recorder.losses))
     # rank 0 alone validates, logs and writes checkpoints
     assert (tmp_path / "run0" / "weights" / "last.pt").is_file()
     assert (tmp_path / "run0" / "weights" / "best.pt").is_file()

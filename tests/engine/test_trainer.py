@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from engine_toys import ToyDataset, ToyModel, ToyTask, toy_config, toy_loader
+from engine_toys import LossRecorder, ToyDataset, ToyModel, ToyTask, toy_config, toy_loader
 
 from cvkit.engine.callbacks import Callback
 from cvkit.engine.checkpoint import load_checkpoint
@@ -27,7 +27,12 @@ def make_trainer(config, run=None, model_seed=0, batch_size=4, shuffle=True, tas
     train = toy_loader(ToyDataset(16, noise=0.1), batch_size=batch_size, shuffle=shuffle)
     val = toy_loader(ToyDataset(8, seed=1))
     task = task or ToyTask(config)
-    return Trainer(config, task, model, train, val, run=run, device=torch.device("cpu"))
+    recorder = LossRecorder()
+    trainer = Trainer(
+        config, task, model, train, val, run=run, device=torch.device("cpu"), callbacks=[recorder]
+    )
+    trainer.recorded = recorder.losses
+    return trainer
 
 
 class InterruptAtEpoch(ToyTask):
@@ -72,9 +77,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     resumed.resume(interrupted_run.last)
     resumed.fit()
 
-    assert len(full.batch_losses) == 16 and len(resumed.batch_losses) == 8
-    assert interrupted.batch_losses == full.batch_losses[:8]
-    assert resumed.batch_losses == full.batch_losses[8:]
+    assert len(full.recorded) == 16 and len(resumed.recorded) == 8
+    assert interrupted.recorded == full.recorded[:8]
+    assert resumed.recorded == full.recorded[8:]
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     for name, value in full.ema.module.state_dict().items():
@@ -183,10 +188,18 @@ def test_amp_on_cuda_trains_with_finite_losses():
     config = toy_config("train.epochs=1", "device=cuda", "train.amp=fp16")
     torch.manual_seed(0)
     train = toy_loader(ToyDataset(16))
-    trainer = Trainer(config, ToyTask(config), ToyModel(), train, device=torch.device("cuda"))
+    recorder = LossRecorder()
+    trainer = Trainer(
+        config,
+        ToyTask(config),
+        ToyModel(),
+        train,
+        device=torch.device("cuda"),
+        callbacks=[recorder],
+    )
     assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
     trainer.fit()
-    assert all(math.isfinite(v) for v in trainer.batch_losses)
+    assert recorder.losses and all(math.isfinite(v) for v in recorder.losses)
 
 
 def test_grad_clip_bounds_the_update_and_val_every_skips_epochs(tmp_path):

@@ -1,11 +1,12 @@
 """Trainer callbacks: extend the training loop without editing :mod:`cvkit.engine.trainer`.
 
 Subclass :class:`Callback`, override the hooks you need and pass an instance to
-``Trainer(..., callbacks=[...])``. Hooks run on every
-process in this order: ``on_train_start`` once, then per epoch ``on_epoch_start``,
-``on_step_end`` after each optimizer step, ``on_validation_end`` after a validation (rank 0),
-``on_epoch_end``; finally ``on_train_end``. A callback's :meth:`Callback.state_dict` is saved in
-``last.pt``/``best.pt`` under ``callbacks[<name>]`` and restored by ``Trainer.resume``.
+``Trainer(..., callbacks=[...])`` (or ``cvkit.train(cfg, callbacks=[...])``). Hooks run on
+every process in this order: ``on_train_start`` once, then per epoch ``on_epoch_start``,
+``on_batch_end`` after each batch's backward pass, ``on_step_end`` after each optimizer step,
+``on_validation_end`` after a validation (rank 0), ``on_epoch_end``; finally ``on_train_end``.
+A callback's :meth:`Callback.state_dict` is saved in ``last.pt``/``best.pt`` under
+``callbacks[<name>]`` and restored by ``Trainer.resume``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class Callback:
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Before epoch ``epoch`` (0-based) starts."""
+
+    def on_batch_end(self, trainer: Trainer, batch_info: dict[str, Any]) -> None:
+        """After a batch's forward and backward pass (every batch, also those that only
+        accumulate gradients).
+
+        ``batch_info`` holds ``epoch`` (0-based), ``batch`` (index in the epoch), ``step``
+        (optimizer steps so far) and ``losses`` (name → float, averaged over processes,
+        ``loss`` is their sum).
+        """
 
     def on_step_end(self, trainer: Trainer, step_info: dict[str, Any]) -> None:
         """After an optimizer step.
