@@ -1,10 +1,11 @@
 """The one training loop every task uses.
 
 :class:`Trainer` runs epochs of ``task.loss`` → backward → optimizer step with the ``train:``
-config's schedule, AMP, gradient clipping, accumulation and EMA; validates every
-``val_every`` epochs with ``task.evaluate``; writes ``last.pt`` every epoch and ``best.pt``
-when ``task.best_metric`` improves (both atomically); logs one line per epoch and keeps
-``metrics.jsonl`` / ``metrics.csv`` and a PNG of the curves in the run folder.
+config's schedule, AMP, gradient clipping and accumulation; validates every ``val_every``
+epochs with ``task.evaluate`` and tracks the best ``task.best_metric``; logs one line per
+epoch. Everything else is a callback (:mod:`cvkit.engine.callbacks.builtin`, installed from the
+config around the user's own): the NaN/inf loss stop, EMA, early stopping, the
+``metrics.jsonl``/``metrics.csv`` rows and curves, and ``last.pt``/``best.pt`` (atomic).
 
 Under ``torchrun`` the model is wrapped in DistributedDataParallel (BatchNorm synchronised on
 CUDA); the loader should use a DistributedSampler (``task.build_loader(..., distributed=True)``).
@@ -33,25 +34,24 @@ from torch.utils.data import DataLoader
 from cvkit.config import Config, config_to_dict
 from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
-from cvkit.engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
+from cvkit.engine.callbacks.builtin import (
+    EMA,
+    MetricsLogger,
+    NonFiniteLossError,
+    default_callbacks,
 )
+from cvkit.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from cvkit.engine.ema import ModelEMA
-from cvkit.engine.history import MetricsHistory, plot_curves
+from cvkit.engine.history import MetricsHistory
 from cvkit.engine.optim import build_optimizer, build_scheduler
 from cvkit.engine.rundir import RunDir
 from cvkit.engine.tasks import Task
-from cvkit.errors import CheckpointError, ConfigError, CvkitError
+from cvkit.errors import CheckpointError, ConfigError
 from cvkit.logs import get_logger, progress
 
+__all__ = ["NonFiniteLossError", "Trainer", "resolve_amp"]
+
 logger = get_logger("train")
-
-
-class NonFiniteLossError(CvkitError, FloatingPointError):
-    """A loss became NaN or infinite; the message names the epoch, step, batch and values."""
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
@@ -89,7 +89,9 @@ class Trainer:
         device: where to train (default: the model's current device).
         classes: class names saved in checkpoints (default: ``train_loader.dataset.classes``).
         category_ids: COCO category id of each class, or None.
-        callbacks: :class:`~cvkit.engine.callbacks.Callback` objects called at each hook;
+        callbacks: the user's :class:`~cvkit.engine.callbacks.Callback` objects, called at
+            each hook after the loss check and EMA and before early stopping, the metrics
+            files and the checkpoints (:func:`~cvkit.engine.callbacks.builtin.default_callbacks`);
             their states are saved in checkpoints under their names.
     """
 
@@ -130,7 +132,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.train_model: nn.Module = self.model
         if distributed.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -141,19 +142,34 @@ class Trainer:
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
         self.metrics: dict[str, float] = {}
-        self.stale_validations = 0
-        self.callbacks = list(callbacks)
+        self.improved = False
+        self.stop_requested = False
+        self.callbacks = default_callbacks(config, run if self.is_main else None, list(callbacks))
         names = [callback.name for callback in self.callbacks]
         if len(set(names)) != len(names):
             raise ConfigError(f"callbacks: names must differ, got {names}")
-        self.history = None
-        if run is not None and self.is_main:
-            self.history = MetricsHistory(run.metrics_jsonl, run.metrics_csv)
+        self._call("setup")
+
+    def _callback(self, kind: type[Callback]) -> Any:
+        return next((c for c in self.callbacks if isinstance(c, kind)), None)
+
+    @property
+    def ema(self) -> ModelEMA | None:
+        """The EMA of the weights (``train.ema``), else None."""
+        callback = self._callback(EMA)
+        return callback.ema if callback is not None else None
+
+    @property
+    def history(self) -> MetricsHistory | None:
+        """The run's metric rows (rank 0 with a run folder), else None."""
+        callback = self._callback(MetricsLogger)
+        return callback.history if callback is not None else None
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are validated and deployed: the EMA when kept, else the model."""
-        return self.ema.module if self.ema is not None else self.model
+        ema = self.ema
+        return ema.module if ema is not None else self.model
 
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the validation metrics of ``best.pt``.
@@ -182,34 +198,18 @@ class Trainer:
             validate = self.val_loader is not None and (
                 self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs
             )
-            improved = self._validate() if validate else False
-            stop = bool(distributed.broadcast_object(self._should_stop(validate)))
+            self.improved = self._validate() if validate else False
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_row}
             if validate and self.is_main:
                 row.update({f"val/{key}": value for key, value in self.metrics.items()})
                 self._call("on_validation_end", self.metrics)
-            self._call("on_epoch_end", row)  # before the checkpoint, which saves its state
             if self.is_main:
-                self._end_epoch(row, train_row, validate, improved)
+                self._log_epoch(train_row, validate)
+            self._call("on_epoch_end", row)
+            stop = bool(distributed.broadcast_object(self.stop_requested))
             distributed.barrier()
             if stop:
-                logger.info(
-                    "early stop: no better %s for %d validations",
-                    self.task.best_metric,
-                    self.stale_validations,
-                )
                 break
-        if self.is_main and self.run is not None and self.history is not None and cfg.plots:
-            best = f"val/{self.task.best_metric}"
-            metrics = sorted(
-                {
-                    k
-                    for row in self.history.rows
-                    for k in row
-                    if k.startswith(best) and k.count("/") == 1
-                }
-            )
-            plot_curves(self.history.rows, self.run.plots / "curves.png", metrics)
         result = self.best_metrics or dict(train_row)
         self._call("on_train_end", result)
         return result
@@ -258,10 +258,17 @@ class Trainer:
                 ):
                     losses = self.task.loss(self.train_model, batch)
                 total = sum(losses.values())
-                values = self._loss_values(losses, total, epoch, index, batch)
+                values = self._loss_values(losses, total)
+                batch_info = {
+                    "epoch": epoch,
+                    "batch": index,
+                    "step": self.step,
+                    "losses": values,
+                    "inputs": batch,
+                }
+                # before backward: a NaN check stops here with the weights and grads untouched
+                self._call("on_batch_end", batch_info)
                 self.scaler.scale(total / cfg.accumulate).backward()
-            batch_info = {"epoch": epoch, "batch": index, "step": self.step, "losses": values}
-            self._call("on_batch_end", batch_info)
             if step_now:
                 self._optimizer_step()
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -287,29 +294,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model)
 
     def _loss_values(
-        self,
-        losses: dict[str, torch.Tensor],
-        total: torch.Tensor,
-        epoch: int,
-        index: int,
-        batch: Any,
+        self, losses: dict[str, torch.Tensor], total: torch.Tensor
     ) -> dict[str, float]:
-        """Loss values (averaged over processes); raises on NaN/inf before any update."""
+        """Loss values as floats, averaged over processes; ``loss`` is their sum."""
         names = [*losses, "loss"]
         stacked = torch.stack([v.detach().float() for v in (*losses.values(), total)])
         numbers = distributed.mean_across_processes(stacked).tolist()
-        values = dict(zip(names, numbers, strict=True))
-        if not all(math.isfinite(v) for v in values.values()):
-            shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch + 1}, step {self.step}, batch {index} "
-                f"({_describe_batch(batch)}): {shown}; lower train.lr or set train.grad_clip"
-            )
-        return values
+        return dict(zip(names, numbers, strict=True))
 
     def _validate(self) -> bool:
         """Evaluate on rank 0; returns whether ``best_metric`` improved."""
@@ -327,18 +320,9 @@ class Trainer:
             self.best_score = score
             self.best_epoch = self.epoch
             self.best_metrics = dict(self.metrics)
-            self.stale_validations = 0
-        else:
-            self.stale_validations += 1
         return improved
 
-    def _should_stop(self, validated: bool) -> bool:
-        patience = self.config.train.patience
-        return validated and patience is not None and self.stale_validations >= patience
-
-    def _end_epoch(
-        self, row: dict[str, Any], train_row: dict[str, float], validated: bool, improved: bool
-    ) -> None:
+    def _log_epoch(self, train_row: dict[str, float], validated: bool) -> None:
         cfg = self.config.train
         losses = " ".join(
             f"{key.removeprefix('train/')} {value:.4f}"
@@ -352,19 +336,12 @@ class Trainer:
         if validated:
             message += f" | val {self.task.describe(self.metrics)}"
         logger.info(message)
-        if self.history is not None:
-            self.history.append(row)
-        if self.run is not None:
-            checkpoint = self.checkpoint()
-            save_checkpoint(checkpoint, self.run.last)
-            if improved:
-                save_checkpoint(checkpoint, self.run.best)
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to deploy the model or resume training exactly."""
-        return {
+        checkpoint: dict[str, Any] = {
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": None,
             "config": config_to_dict(self.config),
             "classes": self.classes,
             "category_ids": self.category_ids,
@@ -378,9 +355,15 @@ class Trainer:
             "best_metrics": self.best_metrics,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
-            "stale_validations": self.stale_validations,
-            "callbacks": {callback.name: callback.state_dict() for callback in self.callbacks},
+            "callbacks": {},
         }
+        for callback in self.callbacks:
+            state = callback.state_dict()
+            if callback.checkpoint_key is not None:
+                checkpoint[callback.checkpoint_key] = state
+            elif state:
+                checkpoint["callbacks"][callback.name] = state
+        return checkpoint
 
     def resume(self, path: str | Path) -> None:
         """Continue from a ``last.pt`` checkpoint written by this trainer.
@@ -401,10 +384,6 @@ class Trainer:
         scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
         self.scheduler.load_state_dict(scheduler_state)
         self.scaler.load_state_dict(checkpoint["scaler"])
-        if self.ema is not None and checkpoint.get("ema"):
-            self.ema.load_state_dict(checkpoint["ema"])
-        elif self.ema is not None:  # EMA switched on at resume: start it from the loaded weights
-            self.ema = ModelEMA(self.model, self.config.train.ema_decay)
         restore_rng_state(checkpoint["rng"])
         self.epoch = int(checkpoint["epoch"])
         self.step = int(checkpoint["step"])
@@ -412,13 +391,13 @@ class Trainer:
         self.best_metrics = dict(checkpoint.get("best_metrics") or {})
         self.best_score = float(checkpoint.get("best_score", -math.inf))
         self.best_epoch = int(checkpoint.get("best_epoch", 0))
-        self.stale_validations = int(checkpoint.get("stale_validations", 0))
         states = checkpoint.get("callbacks") or {}
+        self._call("setup")  # start again from the loaded weights (e.g. an EMA switched on now)
         for callback in self.callbacks:
-            if callback.name in states:
-                callback.load_state_dict(states[callback.name])
-        if self.history is not None:
-            self.history.resume(self.epoch)
+            key = callback.checkpoint_key
+            state = checkpoint.get(key) if key is not None else states.get(callback.name)
+            if state:
+                callback.load_state_dict(state)
         if self.is_main:
             logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
@@ -432,15 +411,3 @@ class Trainer:
         for generator in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
             if isinstance(generator, torch.Generator):
                 generator.manual_seed(seed)
-
-
-def _describe_batch(batch: Any) -> str:
-    images, targets = (
-        batch if isinstance(batch, tuple | list) and len(batch) == 2 else (batch, None)
-    )
-    text = f"images {tuple(images.shape)}" if isinstance(images, torch.Tensor) else "batch"
-    if isinstance(targets, list) and targets and isinstance(targets[0], dict):
-        ids = [t.get("image_id") for t in targets]
-        if any(i is not None for i in ids):
-            text += f", image ids {[int(i) if torch.is_tensor(i) else i for i in ids]}"
-    return text

@@ -175,6 +175,25 @@ def test_patience_stops_after_validations_without_improvement():
     assert trainer.epoch == 3  # improved at 1, stale at 2 and 3
 
 
+class InterruptConstant(InterruptAtEpoch):
+    def evaluate(self, model, loader, device):
+        return {"neg_mse": 1.0}
+
+
+def test_early_stopping_state_survives_a_resume(tmp_path):
+    config = toy_config("train.epochs=10", "train.patience=2")
+    run = make_run(tmp_path, "run")
+    interrupted = make_trainer(config, run, task=InterruptConstant(config, 3, 4))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    checkpoint = load_checkpoint(run.last)
+    assert checkpoint["epoch"] == 2 and checkpoint["callbacks"]["early_stopping"] == {"stale": 1}
+    resumed = make_trainer(config, run, task=ConstantMetric(config))
+    resumed.resume(run.last)
+    resumed.fit()
+    assert resumed.epoch == 3  # one more stale validation reaches the patience, as unresumed
+
+
 def test_amp_choice():
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None

@@ -2,8 +2,10 @@
 
 Subclass :class:`Callback`, override the hooks you need and pass an instance to
 ``Trainer(..., callbacks=[...])`` (or ``cvkit.train(cfg, callbacks=[...])``). Hooks run on
-every process in this order: ``on_train_start`` once, then per epoch ``on_epoch_start``,
-``on_batch_end`` after each batch's backward pass, ``on_step_end`` after each optimizer step,
+every process in this order: ``setup`` when the trainer is built (and again on resume, after
+the weights are loaded), ``on_train_start`` once, then per epoch ``on_epoch_start``,
+``on_batch_end`` after each batch's loss (before its backward pass), ``on_step_end`` after
+each optimizer step,
 ``on_validation_end`` after a validation (rank 0), ``on_epoch_end``; finally ``on_train_end``.
 A callback's :meth:`Callback.state_dict` is saved in ``last.pt``/``best.pt`` under
 ``callbacks[<name>]`` and restored by ``Trainer.resume``.
@@ -11,7 +13,7 @@ A callback's :meth:`Callback.state_dict` is saved in ``last.pt``/``best.pt`` und
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from cvkit.engine.trainer import Trainer
@@ -21,13 +23,20 @@ class Callback:
     """Base class of trainer callbacks; every hook does nothing by default.
 
     ``name`` keys the callback's state in checkpoints (default: the class name); two callbacks
-    of one trainer must have different names.
+    of one trainer must have different names. ``checkpoint_key`` (built-ins only, e.g. the EMA's
+    ``ema``) stores the state at the checkpoint's top level instead of under ``callbacks``.
     """
+
+    checkpoint_key: ClassVar[str | None] = None
 
     @property
     def name(self) -> str:
         """The checkpoint key of this callback's state."""
         return type(self).__name__
+
+    def setup(self, trainer: Trainer) -> None:
+        """When the trainer is built, and again by ``Trainer.resume`` once the weights are
+        loaded (before :meth:`load_state_dict`)."""
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first remaining epoch (after a resume, if any)."""
@@ -36,12 +45,13 @@ class Callback:
         """Before epoch ``epoch`` (0-based) starts."""
 
     def on_batch_end(self, trainer: Trainer, batch_info: dict[str, Any]) -> None:
-        """After a batch's forward and backward pass (every batch, also those that only
-        accumulate gradients).
+        """After a batch's forward pass and loss, before its backward pass (every batch, also
+        those that only accumulate gradients); raising here stops training with the weights
+        untouched.
 
         ``batch_info`` holds ``epoch`` (0-based), ``batch`` (index in the epoch), ``step``
-        (optimizer steps so far) and ``losses`` (name → float, averaged over processes,
-        ``loss`` is their sum).
+        (optimizer steps so far), ``losses`` (name → float, averaged over processes, ``loss``
+        is their sum) and ``inputs`` (the batch on the device).
         """
 
     def on_step_end(self, trainer: Trainer, step_info: dict[str, Any]) -> None:

@@ -1,0 +1,219 @@
+"""The callbacks every training run gets from its config (:func:`default_callbacks`).
+
+- :class:`NonFiniteLossStop`: a NaN/inf loss stops training at that batch, before any update.
+- :class:`EMA`: ``train.ema`` keeps an exponential moving average of the weights
+  (:class:`~cvkit.engine.ema.ModelEMA`); the trainer validates and deploys it.
+- :class:`EarlyStopping`: ``train.patience`` validations without a better ``best_metric`` stop.
+- :class:`MetricsLogger`: ``metrics.jsonl``/``metrics.csv`` rows and ``plots/curves.png``.
+- :class:`Checkpointer`: ``weights/last.pt`` every epoch, ``weights/best.pt`` on improvement.
+
+The trainer runs them around the user's callbacks: the first two before, the rest after, so the
+checkpoint written at the end of an epoch holds every callback's state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from cvkit.engine.callbacks import Callback
+from cvkit.engine.checkpoint import save_checkpoint
+from cvkit.engine.ema import ModelEMA
+from cvkit.engine.history import MetricsHistory, plot_curves
+from cvkit.errors import CvkitError
+from cvkit.logs import get_logger
+
+if TYPE_CHECKING:
+    from cvkit.config import Config
+    from cvkit.engine.rundir import RunDir
+    from cvkit.engine.trainer import Trainer
+
+logger = get_logger("train")
+
+
+class NonFiniteLossError(CvkitError, FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+class NonFiniteLossStop(Callback):
+    """Raise :class:`NonFiniteLossError` naming the epoch, step, batch, its images and the
+    values as soon as a batch's loss is NaN or infinite (before the optimizer step)."""
+
+    name = "non_finite_loss"
+
+    def on_batch_end(self, trainer: Trainer, batch_info: dict[str, Any]) -> None:
+        """Check ``batch_info["losses"]`` (averaged over processes, so every rank agrees)."""
+        values = batch_info["losses"]
+        if all(math.isfinite(value) for value in values.values()):
+            return
+        shown = ", ".join(f"{key}={value:.6g}" for key, value in values.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {batch_info['epoch'] + 1}, step {batch_info['step']}, "
+            f"batch {batch_info['batch']} ({describe_batch(batch_info['inputs'])}): {shown}; "
+            "lower train.lr or set train.grad_clip"
+        )
+
+
+class EMA(Callback):
+    """An exponential moving average of the trained weights, updated after each step.
+
+    Its state is the checkpoint's top-level ``ema`` (``{"module", "updates"}``), which
+    :func:`cvkit.models.loading.inference_state_dict` deploys.
+
+    Args:
+        decay: ``train.ema_decay``.
+    """
+
+    name = "ema"
+    checkpoint_key = "ema"
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.ema: ModelEMA | None = None
+
+    def setup(self, trainer: Trainer) -> None:
+        """Start the average from the trainer's (unwrapped) model."""
+        self.ema = ModelEMA(trainer.model, self.decay)
+
+    def on_step_end(self, trainer: Trainer, step_info: dict[str, Any]) -> None:
+        """Blend the new weights in."""
+        self.ema.update(trainer.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights and update count."""
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the average (a run resumed with EMA newly on keeps the fresh copy)."""
+        if state:
+            self.ema.load_state_dict(state)
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` validations in a row without a better ``best_metric``.
+
+    Args:
+        patience: ``train.patience``.
+    """
+
+    name = "early_stopping"
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.stale = 0
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Count stale validations; ask the trainer to stop once there are ``patience``."""
+        self.stale = 0 if trainer.improved else self.stale + 1
+        if self.stale >= self.patience:
+            logger.info(
+                "early stop: no better %s for %d validations", trainer.task.best_metric, self.stale
+            )
+            trainer.stop_requested = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Validations since the last improvement."""
+        return {"stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the count."""
+        self.stale = int(state.get("stale", 0))
+
+
+class MetricsLogger(Callback):
+    """One row per epoch in ``metrics.jsonl`` and ``metrics.csv``; ``plots/curves.png`` at
+    the end (``train.plots``) with the losses and the validation ``best_metric``.
+
+    Args:
+        run: the run folder.
+        plots: draw the curves.
+    """
+
+    name = "metrics"
+
+    def __init__(self, run: RunDir, plots: bool = True) -> None:
+        self.run = run
+        self.plots = plots
+        self.history = MetricsHistory(run.metrics_jsonl, run.metrics_csv)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """After a resume, keep only the rows of the epochs the checkpoint holds."""
+        if trainer.epoch:
+            self.history.resume(trainer.epoch)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """Append the epoch's row (rank 0)."""
+        if trainer.is_main:
+            self.history.append(row)
+
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Draw the curves (rank 0)."""
+        if not (self.plots and trainer.is_main):
+            return
+        best = f"val/{trainer.task.best_metric}"
+        names = sorted(
+            {
+                key
+                for row in self.history.rows
+                for key in row
+                if key.startswith(best) and key.count("/") == 1
+            }
+        )
+        plot_curves(self.history.rows, self.run.plots / "curves.png", names)
+
+
+class Checkpointer(Callback):
+    """Write ``last.pt`` after every epoch and ``best.pt`` when validation improved, atomically
+    (rank 0). It runs after every other callback, so their states are in the file.
+
+    Args:
+        run: the run folder.
+    """
+
+    name = "checkpointer"
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """Save the trainer's :meth:`~cvkit.engine.trainer.Trainer.checkpoint`."""
+        if not trainer.is_main:
+            return
+        checkpoint = trainer.checkpoint()
+        save_checkpoint(checkpoint, self.run.last)
+        if trainer.improved:
+            save_checkpoint(checkpoint, self.run.best)
+
+
+def describe_batch(batch: Any) -> str:
+    """``images (B, 3, H, W), image ids [...]`` of an ``(images, targets)`` batch."""
+    images, targets = (
+        batch if isinstance(batch, tuple | list) and len(batch) == 2 else (batch, None)
+    )
+    shape = getattr(images, "shape", None)
+    text = f"images {tuple(shape)}" if shape is not None else "batch"
+    if isinstance(targets, list) and targets:
+        ids = [
+            target.get("image_id")
+            if isinstance(target, dict)
+            else getattr(target, "image_id", None)
+            for target in targets
+        ]
+        if any(i is not None for i in ids):
+            text += f", image ids {[int(i) if hasattr(i, 'item') else i for i in ids]}"
+    return text
+
+
+def default_callbacks(config: Config, run: RunDir | None, user: list[Callback]) -> list[Callback]:
+    """The run's callbacks in calling order: loss check, EMA (``train.ema``), ``user``, early
+    stopping (``train.patience``), metrics files and checkpoints (when there is a run folder)."""
+    cfg = config.train
+    callbacks: list[Callback] = [NonFiniteLossStop()]
+    if cfg.ema:
+        callbacks.append(EMA(cfg.ema_decay))
+    callbacks += user
+    if cfg.patience is not None:
+        callbacks.append(EarlyStopping(cfg.patience))
+    if run is not None:
+        callbacks += [MetricsLogger(run, cfg.plots), Checkpointer(run)]
+    return callbacks
