@@ -38,6 +38,12 @@ class TrainConfig(Section):
     patience: int | None = Field(
         None, ge=1, description="stop after N validations without a better best metric"
     )
+    time: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock budget in minutes: after each epoch the number of epochs (and "
+        "the LR schedule) is re-fitted so the run ends within it; overrides epochs",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads (default: cores / ranks)")
     plots: bool = True
 

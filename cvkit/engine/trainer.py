@@ -136,6 +136,7 @@ class Trainer:
         if distributed.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.epochs = cfg.epochs
         self.epoch = 0
         self.step = 0
         self.best_score = -math.inf
@@ -184,19 +185,20 @@ class Trainer:
             logger.info(
                 "training %s for %d epochs (%d steps/epoch) on %s%s",
                 self.task.name or type(self.task).__name__,
-                cfg.epochs,
+                self.epochs,
                 self.steps_per_epoch,
                 self.device,
                 f", AMP {self.amp_dtype}" if self.amp_dtype else "",
             )
         train_row: dict[str, float] = {}
         self._call("on_train_start")
-        for epoch in range(self.epoch, cfg.epochs):
+        epoch = self.epoch
+        while epoch < self.epochs:
             self._call("on_epoch_start", epoch)
             train_row = self.train_one_epoch(epoch)
             self.epoch = epoch + 1
             validate = self.val_loader is not None and (
-                self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs
+                self.epoch % cfg.val_every == 0 or self.epoch == self.epochs
             )
             self.improved = self._validate() if validate else False
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_row}
@@ -210,9 +212,21 @@ class Trainer:
             distributed.barrier()
             if stop:
                 break
+            epoch = self.epoch
         result = self.best_metrics or dict(train_row)
         self._call("on_train_end", result)
         return result
+
+    def set_epochs(self, epochs: int) -> None:
+        """Train ``epochs`` epochs in total instead (at least the ones done); the LR schedule
+        is rebuilt for the new length and continues from the current step."""
+        self.epochs = max(int(epochs), self.epoch)
+        cfg = self.config.train.model_copy(update={"epochs": max(self.epochs, 1)})
+        schedule = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        state = dict(self.scheduler.state_dict())
+        state["lr_lambdas"] = [None] * len(schedule.lr_lambdas)
+        schedule.load_state_dict(state)
+        self.scheduler = schedule
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -243,7 +257,7 @@ class Trainer:
 
         iterator: Iterable[Any] = loader
         if self.is_main:
-            desc = f"epoch {epoch + 1}/{cfg.epochs}"
+            desc = f"epoch {epoch + 1}/{self.epochs}"
             iterator = progress(loader, total=batches, desc=desc, status=status)
         for index, batch in enumerate(iterator):
             batch = self.task.to_device(batch, self.device)
@@ -323,14 +337,13 @@ class Trainer:
         return improved
 
     def _log_epoch(self, train_row: dict[str, float], validated: bool) -> None:
-        cfg = self.config.train
         losses = " ".join(
             f"{key.removeprefix('train/')} {value:.4f}"
             for key, value in train_row.items()
             if key.startswith("train/")
         )
         message = (
-            f"epoch {self.epoch}/{cfg.epochs} {losses} lr {train_row['lr']:.3g} "
+            f"epoch {self.epoch}/{self.epochs} {losses} lr {train_row['lr']:.3g} "
             f"{train_row['img_per_s']:.1f} img/s"
         )
         if validated:

@@ -8,6 +8,7 @@ import torch
 from engine_toys import LossRecorder, ToyDataset, ToyModel, ToyTask, toy_config, toy_loader
 
 from cvkit.engine.callbacks import Callback
+from cvkit.engine.callbacks.builtin import TimeBudget
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.rundir import RunDir
 from cvkit.engine.trainer import NonFiniteLossError, Trainer, resolve_amp
@@ -192,6 +193,61 @@ def test_early_stopping_state_survives_a_resume(tmp_path):
     resumed.resume(run.last)
     resumed.fit()
     assert resumed.epoch == 3  # one more stale validation reaches the patience, as unresumed
+
+
+class FakeClock(Callback):
+    """A clock that moves ``epoch_seconds`` forward at the start of every epoch."""
+
+    def __init__(self, epoch_seconds):
+        self.now = 1000.0
+        self.epoch_seconds = epoch_seconds
+
+    def __call__(self):
+        return self.now
+
+    def on_epoch_start(self, trainer, epoch):
+        self.now += self.epoch_seconds
+
+
+def timed_trainer(config, run, clock):
+    trainer = make_trainer(config, run)
+    trainer.callbacks.insert(0, clock)
+    trainer._callback(TimeBudget).clock = clock
+    return trainer
+
+
+def test_train_time_fits_the_epochs_and_the_schedule_into_the_budget(tmp_path):
+    # 2 minutes at 30 s per epoch: 4 epochs instead of 100, ending where a 4-epoch run ends
+    config = toy_config("train.epochs=100", "train.time=2", "train.warmup_epochs=0")
+    trainer = timed_trainer(config, make_run(tmp_path, "timed"), FakeClock(30.0))
+    trainer.fit()
+    planned = make_trainer(toy_config("train.epochs=4", "train.warmup_epochs=0"))
+    planned.fit()
+    assert trainer.epoch == trainer.epochs == 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        planned.optimizer.param_groups[0]["lr"]
+    )
+    # a budget shorter than one epoch stops after it
+    short = timed_trainer(toy_config("train.epochs=100", "train.time=0.1"), None, FakeClock(30.0))
+    short.fit()
+    assert short.epoch == 1
+
+
+def test_train_time_used_is_kept_across_a_resume(tmp_path):
+    config = toy_config("train.epochs=100", "train.time=2", "train.warmup_epochs=0")
+    run = make_run(tmp_path, "run")
+    interrupted = make_trainer(config, run, task=InterruptAtEpoch(config, 3, 4))
+    clock = FakeClock(30.0)
+    interrupted.callbacks.insert(0, clock)
+    interrupted._callback(TimeBudget).clock = clock
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    state = load_checkpoint(run.last)["callbacks"]["time_budget"]
+    assert state == {"used": 60.0, "planned": 4}
+    resumed = timed_trainer(config, run, FakeClock(30.0))
+    resumed.resume(run.last)
+    resumed.fit()
+    assert resumed.epoch == 4  # 60 s were used before the interruption
 
 
 def test_amp_choice():

@@ -3,19 +3,25 @@
 - :class:`NonFiniteLossStop`: a NaN/inf loss stops training at that batch, before any update.
 - :class:`EMA`: ``train.ema`` keeps an exponential moving average of the weights
   (:class:`~cvkit.engine.ema.ModelEMA`); the trainer validates and deploys it.
+- :class:`TimeBudget`: ``train.time`` minutes: the epochs and the LR schedule are re-fitted
+  after every epoch so the run ends within the budget (Ultralytics' ``time=``).
 - :class:`EarlyStopping`: ``train.patience`` validations without a better ``best_metric`` stop.
 - :class:`MetricsLogger`: ``metrics.jsonl``/``metrics.csv`` rows and ``plots/curves.png``.
 - :class:`Checkpointer`: ``weights/last.pt`` every epoch, ``weights/best.pt`` on improvement.
 
-The trainer runs them around the user's callbacks: the first two before, the rest after, so the
+The trainer runs them around the user's callbacks: the loss check, EMA and time budget before,
+the rest after, so the
 checkpoint written at the end of an epoch holds every callback's state.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
 from cvkit.engine.checkpoint import save_checkpoint
 from cvkit.engine.ema import ModelEMA
@@ -87,6 +93,67 @@ class EMA(Callback):
         """Restore the average (a run resumed with EMA newly on keeps the fresh copy)."""
         if state:
             self.ema.load_state_dict(state)
+
+
+class TimeBudget(Callback):
+    """Fit the run into ``minutes`` of wall-clock time.
+
+    After each epoch the mean epoch time of this session predicts how many more epochs fit in
+    what is left of the budget; the trainer's epoch count and LR schedule are re-fitted to that
+    (:meth:`~cvkit.engine.trainer.Trainer.set_epochs`), and training stops once the budget is
+    spent. The time already used is saved, so a resumed run keeps to the same budget. Rank 0's
+    clock decides for every process.
+
+    Args:
+        minutes: ``train.time``.
+        clock: seconds as a float (default :func:`time.monotonic`; tests pass a fake one).
+    """
+
+    name = "time_budget"
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = minutes * 60.0
+        self.clock = clock
+        self.used = 0.0
+        self.planned: int | None = None
+        self.start = 0.0
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Start this session's clock (and re-apply a resumed run's planned epochs)."""
+        self.start = self.clock()
+        self.first_epoch = trainer.epoch
+        if self.planned is not None:
+            trainer.set_epochs(self.planned)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """Re-fit the number of epochs to the time left."""
+        session = self.clock() - self.start
+        spent = self.used + session
+        per_epoch = session / max(trainer.epoch - self.first_epoch, 1)
+        left = max(self.budget - spent, 0.0)
+        planned = trainer.epoch + (int(left // per_epoch) if per_epoch > 0 else 0)
+        planned = int(distributed.broadcast_object(planned))
+        if planned != trainer.epochs:
+            logger.info(
+                "train.time: %.1f of %.1f min used, %.1f s/epoch: %d epochs in total",
+                spent / 60,
+                self.budget / 60,
+                per_epoch,
+                planned,
+            )
+            trainer.set_epochs(planned)
+        self.planned = planned
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seconds used so far and the planned epoch count."""
+        return {"used": self.used + self.clock() - self.start, "planned": self.planned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the used time and the plan."""
+        self.used = float(state.get("used", 0.0))
+        planned = state.get("planned")
+        self.planned = None if planned is None else int(planned)
 
 
 class EarlyStopping(Callback):
@@ -205,12 +272,15 @@ def describe_batch(batch: Any) -> str:
 
 
 def default_callbacks(config: Config, run: RunDir | None, user: list[Callback]) -> list[Callback]:
-    """The run's callbacks in calling order: loss check, EMA (``train.ema``), ``user``, early
+    """The run's callbacks in calling order: loss check, EMA (``train.ema``), time budget
+    (``train.time``), ``user``, early
     stopping (``train.patience``), metrics files and checkpoints (when there is a run folder)."""
     cfg = config.train
     callbacks: list[Callback] = [NonFiniteLossStop()]
     if cfg.ema:
         callbacks.append(EMA(cfg.ema_decay))
+    if cfg.time is not None:
+        callbacks.append(TimeBudget(cfg.time))
     callbacks += user
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
