@@ -226,6 +226,13 @@ class Trainer:
         state = dict(self.scheduler.state_dict())
         state["lr_lambdas"] = [None] * len(schedule.lr_lambdas)
         schedule.load_state_dict(state)
+        # building the scheduler reset every group to the schedule's step-0 rate: the next
+        # optimizer step must use the new schedule's rate at the current step instead
+        groups = self.optimizer.param_groups
+        for group, base_lr, multiplier in zip(
+            groups, schedule.base_lrs, schedule.lr_lambdas, strict=True
+        ):
+            group["lr"] = base_lr * multiplier(schedule.last_epoch)
         self.scheduler = schedule
 
     def _call(self, hook: str, *args: Any) -> None:

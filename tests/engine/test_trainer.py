@@ -233,6 +233,19 @@ def test_train_time_fits_the_epochs_and_the_schedule_into_the_budget(tmp_path):
     assert short.epoch == 1
 
 
+def test_set_epochs_continues_the_new_schedule_at_the_current_step():
+    longer = make_trainer(toy_config("train.epochs=10"))
+    shorter = make_trainer(toy_config("train.epochs=4"))
+    for trainer in (longer, shorter):
+        for epoch in range(2):
+            trainer.train_one_epoch(epoch)
+    assert longer.optimizer.param_groups[0]["lr"] != shorter.optimizer.param_groups[0]["lr"]
+    longer.set_epochs(4)
+    # the next step runs at the 4-epoch cosine's rate for step 8, not at its step-0 rate
+    assert longer.optimizer.param_groups[0]["lr"] == shorter.optimizer.param_groups[0]["lr"]
+    assert longer.scheduler.last_epoch == shorter.scheduler.last_epoch == 8
+
+
 def test_train_time_used_is_kept_across_a_resume(tmp_path):
     config = toy_config("train.epochs=100", "train.time=2", "train.warmup_epochs=0")
     run = make_run(tmp_path, "run")
@@ -248,6 +261,12 @@ def test_train_time_used_is_kept_across_a_resume(tmp_path):
     resumed.resume(run.last)
     resumed.fit()
     assert resumed.epoch == 4  # 60 s were used before the interruption
+    # and the resumed run trains exactly like an uninterrupted one on the same budget
+    full = timed_trainer(config, make_run(tmp_path, "full"), FakeClock(30.0))
+    full.fit()
+    assert interrupted.recorded + resumed.recorded == full.recorded
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
 def test_amp_choice():
