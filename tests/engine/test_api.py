@@ -1,6 +1,8 @@
 """``cvkit.train(cfg, **overrides)``: the CLI's training path from Python, returning the run."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,8 @@ def test_a_config_object_and_a_bad_key(tmp_path, tiny):
     assert run.epochs == 1 and load_config(run.folder / "config.yaml").model == config.model
     with pytest.raises(ConfigError, match=r"train\.epoch"):
         cvkit.train(SSD_CONFIG, out=tmp_path / "bad", train__epoch=1)
+
+
+def test_import_cvkit_and_looking_up_the_api_load_no_torch():
+    code = "import sys, cvkit; cvkit.train, cvkit.load; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
