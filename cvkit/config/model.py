@@ -32,6 +32,62 @@ class SSDConfig(Section):
     topk_candidates: int = Field(400, gt=0, description="candidates per image kept before NMS")
 
 
+class RPNConfig(Section):
+    """Options of Faster R-CNN's region proposal network (``model.faster_rcnn.rpn``).
+
+    ``anchor_sizes`` are pixels, one list per FPN level (finest first, the ``pool`` level
+    last); ``anchor_ratios`` are width / height. An anchor is a positive at IoU >=
+    ``fg_iou_threshold`` with a ground truth (or as the best anchor of one), a negative below
+    ``bg_iou_threshold``; ``batch_size_per_image`` anchors per image are trained, at most
+    ``positive_fraction`` of them positive. Proposals: the ``pre_nms_top_n`` best anchors of
+    each level, NMS per level at ``nms_threshold``, the ``post_nms_top_n`` best per image
+    (``_train`` / ``_test`` values for each mode; torchvision's defaults).
+    """
+
+    anchor_sizes: list[list[float]] = Field(
+        default_factory=lambda: [[32.0], [64.0], [128.0], [256.0], [512.0]], min_length=1
+    )
+    anchor_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    pre_nms_top_n_train: int = Field(2000, gt=0)
+    pre_nms_top_n_test: int = Field(1000, gt=0)
+    post_nms_top_n_train: int = Field(2000, gt=0)
+    post_nms_top_n_test: int = Field(1000, gt=0)
+    nms_threshold: float = Field(0.7, gt=0, le=1)
+    fg_iou_threshold: float = Field(0.7, gt=0, le=1)
+    bg_iou_threshold: float = Field(0.3, ge=0, le=1)
+    batch_size_per_image: int = Field(256, gt=0)
+    positive_fraction: float = Field(0.5, ge=0, le=1)
+    min_size: float = Field(1e-3, ge=0, description="proposals narrower or lower are dropped")
+
+
+class FasterRCNNConfig(Section):
+    """Options of Faster R-CNN (``model.faster_rcnn``): FPN neck, RPN, RoI box head.
+
+    The backbone stages in ``model.out_features`` feed an FPN of ``fpn_channels`` plus a
+    max-pooled ``pool`` level (RPN only). Each proposal reads the FPN level of its size
+    (``canonical_size`` px ↦ ``canonical_level``) through RoIAlign to ``roi_size`` ×
+    ``roi_size``; two fully connected layers of ``representation_size`` then predict class
+    logits and per-class box offsets (coded with ``box_weights``). Training samples
+    ``batch_size_per_image`` proposals per image (ground truth added), at most
+    ``positive_fraction`` positive (IoU >= ``fg_iou_threshold``). ``topk_candidates``
+    (proposal, class) pairs per image enter the final NMS. Defaults are torchvision's.
+    """
+
+    fpn_channels: int = Field(256, gt=0)
+    rpn: RPNConfig = Field(default_factory=RPNConfig)
+    roi_size: int = Field(7, gt=0)
+    sampling_ratio: int = Field(2, ge=0)
+    canonical_size: float = Field(224.0, gt=0)
+    canonical_level: int = Field(4, ge=0)
+    representation_size: int = Field(1024, gt=0)
+    fg_iou_threshold: float = Field(0.5, gt=0, le=1)
+    bg_iou_threshold: float = Field(0.5, ge=0, le=1)
+    batch_size_per_image: int = Field(512, gt=0)
+    positive_fraction: float = Field(0.25, ge=0, le=1)
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
+
+
 class ClassifierConfig(Section):
     """Options of the image classifier (``model.classifier``).
 
@@ -89,3 +145,4 @@ class ModelConfig(Section):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     ssd: SSDConfig = Field(default_factory=SSDConfig)
     fcn: FCNConfig = Field(default_factory=FCNConfig)
+    faster_rcnn: FasterRCNNConfig = Field(default_factory=FasterRCNNConfig)

@@ -28,6 +28,7 @@ _BUILDERS: dict[str, ModelBuilder] = {}
 _BUILTIN_MODULES = {
     "classifier": "cvkit.models.classification",
     "ssd": "cvkit.models.detection.ssd",
+    "faster_rcnn": "cvkit.models.detection.faster_rcnn",
     "fcn": "cvkit.models.segmentation.fcn",
 }
 

@@ -159,6 +159,15 @@ def multiscale_roi_align(
     levels = fpn_levels(
         rois[:, 1:], int(levels_log2[0]), int(levels_log2[-1]), canonical_size, canonical_level
     )
+    if torch.jit.is_tracing():
+        # A traced (exported) graph must not depend on which levels held boxes at trace time:
+        # pool every box on every level and keep each box's own level.
+        result = None
+        for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
+            pooled = roi_align(feature, rois, output_size, 1.0 / stride, sampling_ratio, aligned)
+            mine = (levels == level)[:, None, None, None]
+            result = torch.where(mine, pooled, pooled.new_zeros(()) if result is None else result)
+        return result
     result = first.new_zeros((rois.shape[0], first.shape[1], *output_size))
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         index = torch.nonzero(levels == level).flatten()

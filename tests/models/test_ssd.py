@@ -15,7 +15,7 @@ from cvkit.models.backbones import create_backbone
 from cvkit.models.build import build_model
 from cvkit.models.detection.losses import multibox_loss
 from cvkit.models.detection.postprocess import select_detections
-from cvkit.models.detection.ssd import SSD, _flatten_level, level_anchor_sizes
+from cvkit.models.detection.ssd import SSD, flatten_level, level_anchor_sizes
 from cvkit.ops.anchors import default_ssd_sizes
 from cvkit.ops.iou import box_iou
 from cvkit.ops.matching import greedy_assign
@@ -94,7 +94,7 @@ def test_anchor_order_matches_prediction_order(model):
         # a head output whose value at (anchor a, column k, row y, column x) encodes y and x
         ys = torch.arange(h).view(1, 1, h, 1).expand(1, per_cell * 4, h, w)
         xs = torch.arange(w).view(1, 1, 1, w).expand(1, per_cell * 4, h, w)
-        flat = _flatten_level((ys * 1000 + xs).float(), 4)[0, :, 0]
+        flat = flatten_level((ys * 1000 + xs).float(), 4)[0, :, 0]
         level = anchors[start : start + h * w * per_cell]
         centers = (level[:, :2] + level[:, 2:]) / 2
         cell_y = torch.div(flat, 1000, rounding_mode="floor")

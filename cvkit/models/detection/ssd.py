@@ -21,12 +21,12 @@ from cvkit.config import Config
 from cvkit.config.eval import EvalConfig
 from cvkit.config.model import SSDConfig
 from cvkit.errors import ConfigError
-from cvkit.models.backbones import Backbone, create_backbone
+from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
+from cvkit.models.detection.base import Detector
 from cvkit.models.detection.losses import multibox_loss
 from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.necks import backbone_shapes, build_neck
-from cvkit.models.transfer import body_head_groups
 from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
 from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
@@ -35,7 +35,7 @@ from cvkit.ops.matching import greedy_assign
 from cvkit.structures import ImageBatch, Instances, Target
 
 
-def _flatten_level(output: Tensor, columns: int) -> Tensor:
+def flatten_level(output: Tensor, columns: int) -> Tensor:
     """``Tensor[B, A * columns, H, W]`` → ``Tensor[B, H * W * A, columns]`` (cell-major)."""
     return output.permute(0, 2, 3, 1).reshape(output.shape[0], -1, columns)
 
@@ -68,11 +68,11 @@ class SSDHead(nn.Module):
             level, row, column, anchor.
         """
         logits = [
-            _flatten_level(conv(x), self.num_logits)
+            flatten_level(conv(x), self.num_logits)
             for conv, x in zip(self.classifiers, features, strict=True)
         ]
         deltas = [
-            _flatten_level(conv(x), 4) for conv, x in zip(self.regressors, features, strict=True)
+            flatten_level(conv(x), 4) for conv, x in zip(self.regressors, features, strict=True)
         ]
         return torch.cat(logits, 1), torch.cat(deltas, 1)
 
@@ -97,7 +97,7 @@ def level_anchor_sizes(options: SSDConfig, num_levels: int) -> list[list[float]]
     return [list(sizes) for sizes in options.anchor_sizes]
 
 
-class SSD(nn.Module):
+class SSD(Detector):
     """Single-shot multibox detector.
 
     Args:
@@ -118,13 +118,8 @@ class SSD(nn.Module):
         body_lr_mult: float = 1.0,
         head_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone, num_classes, inference, body_lr_mult, head_lr_mult)
         self.options = options or SSDConfig()
-        self.inference = inference or EvalConfig()
-        self.num_classes = num_classes
-        self.body_lr_mult = body_lr_mult
-        self.head_lr_mult = head_lr_mult
-        self.backbone = backbone
         # the neck keeps the name ``extras`` and its blocks ``0``, ``1``, ...: checkpoints load
         self.extras = build_neck(
             "ssd_extras",
@@ -266,10 +261,6 @@ class SSD(nn.Module):
         (:meth:`~cvkit.structures.ImageBatch.from_tensors`) so every level's grid is whole."""
         return max(shape.stride for shape in self.extras.output_shapes.values())
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Body (backbone) and head (extra blocks + predictors) groups with their ``lr_mult``."""
-        return body_head_groups(self, self.body_lr_mult, self.head_lr_mult)
-
 
 @register_model("ssd")
 def build_ssd(config: Config, num_classes: int) -> SSD:
@@ -278,12 +269,4 @@ def build_ssd(config: Config, num_classes: int) -> SSD:
     Stages up to ``model.freeze_at`` are frozen; ``model.pretrained`` is applied by the
     training task, not here. Thresholds for inference come from the ``eval:`` section.
     """
-    cfg = config.model
-    backbone = create_backbone(
-        cfg.backbone,
-        out_features=cfg.out_features,
-        width_mult=cfg.width_mult,
-        in_channels=cfg.in_channels,
-    )
-    backbone.freeze(cfg.freeze_at)
-    return SSD(backbone, num_classes, cfg.ssd, config.eval, cfg.body_lr_mult, cfg.head_lr_mult)
+    return SSD.from_config(config, num_classes, config.model.ssd)
