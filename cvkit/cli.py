@@ -27,10 +27,15 @@ HANDLERS: dict[str, str] = {
     "data convert": "cvkit.data.commands:convert",
     "data synth": "cvkit.data.commands:synth",
     "predict": "cvkit.engine.predict:run_predict",
+    "serve": "cvkit.serve.server:run_serve",
+    "tune": "cvkit.engine.tune:run_tune",
+    "viz filters": "cvkit.insight.commands:filters",
+    "viz features": "cvkit.insight.commands:features",
+    "viz cam": "cvkit.insight.commands:cam",
 }
-NOT_BUILT: dict[str, str] = {
-    "serve": "the HTTP serving issue",
-}
+# ``cvkit predict MODEL.onnx SOURCE`` or ``--engine``: resumable rows (cvkit.scale)
+SCALE_PREDICT = "cvkit.scale.commands:run_predict"
+NOT_BUILT: dict[str, str] = {}
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -77,13 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(evaluate)
     evaluate.add_argument("--weights", required=True, help="checkpoint (.pt)")
     evaluate.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
+    evaluate.add_argument(
+        "--plots", metavar="DIR", help="detectors: plot folder (default: <run>/plots/eval_<W>/)"
+    )
+    evaluate.add_argument("--no-plots", action="store_true", help="write no plots")
 
-    predict = commands.add_parser("predict", help="run a model on images and draw the results")
-    predict.add_argument("source", nargs="+", help="image files or folders")
-    predict.add_argument("--weights", required=True, help="checkpoint (.pt) or exported .onnx")
-    predict.add_argument("--out", default="runs/predict", help="output folder for PNGs and JSON")
+    predict = commands.add_parser(
+        "predict",
+        help="run a model on images: drawings + JSON, or rows at scale (--engine local|ray)",
+        description="cvkit predict --weights CKPT|ONNX SOURCE... draws the results and writes "
+        "predictions.json; cvkit predict MODEL.onnx SOURCE... --out DIR (or any --engine) "
+        "writes Parquet/JSONL rows, resumable, in this process (local) or on Ray Data (ray).",
+    )
+    predict.add_argument(
+        "source", nargs="+", help="[MODEL.onnx] then image files, folders, globs, list files, URIs"
+    )
+    predict.add_argument("--weights", help="checkpoint (.pt) or exported .onnx")
+    predict.add_argument("--out", default="runs/predict", help="output folder")
     predict.add_argument(
         "--score-threshold", type=float, default=None, help="minimum score to keep (default 0.3)"
+    )
+    predict.add_argument(
+        "--engine", choices=["local", "ray"], help="rows at scale: this process or Ray Data"
+    )
+    predict.add_argument("--address", help="ray: cluster address (auto, host:port, ray://...)")
+    predict.add_argument("--actors", type=int, default=1, help="ray: actors (model copies)")
+    predict.add_argument("--batch", type=int, default=16, help="images per model call")
+    predict.add_argument(
+        "--format", choices=["parquet", "jsonl"], default="parquet", help="row files' format"
     )
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX")
@@ -104,10 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset version")
     export.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
 
-    serve = commands.add_parser("serve", help="serve an exported .onnx model over HTTP")
-    serve.add_argument("model", help="exported .onnx file")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    _add_serve_parser(commands)
 
     data = commands.add_parser("data", help="dataset tools: check, convert, synth")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -125,22 +148,88 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-train", type=int, help="train images (default 600)")
     synth.add_argument("--num-val", type=int, help="val images (default 150)")
     synth.add_argument("--image-size", type=int, help="image side in pixels (default 160)")
+    _add_tune_parser(commands)
+    _add_viz_parser(commands)
     return parser
 
 
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve exported .onnx models over HTTP")
+    serve.add_argument("model", nargs="+", help=".onnx files or folders of them (name = stem)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--max-batch", type=int, default=16, help="most images per session.run")
+    serve.add_argument(
+        "--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=16.0, help="larger bodies get 413")
+    serve.add_argument("--timeout", type=float, default=30.0, help="seconds before a 504")
+    serve.add_argument("--providers", default="auto", help="auto, cpu, cuda or tensorrt")
+    serve.add_argument("--threads", type=int, help="CPU intra-op threads per model")
+
+
+def _add_tune_parser(commands: argparse._SubParsersAction) -> None:
+    tune = commands.add_parser("tune", help="search hyper-parameters with Optuna")
+    _add_config_args(tune)
+    tune.add_argument("--space", required=True, help="search-space YAML (configs/tune_space.yaml)")
+    tune.add_argument("--trials", type=int, required=True, help="completed + pruned trials wanted")
+    tune.add_argument("--time", type=float, metavar="M", help="start no trial after M minutes")
+    tune.add_argument("--out", help="study folder (default: runs/tune/<cfg name>/); resumes")
+
+
+def _add_viz_parser(commands: argparse._SubParsersAction) -> None:
+    viz = commands.add_parser("viz", help="look inside a model: filters, feature maps, CAMs")
+    actions = viz.add_subparsers(dest="viz_command", metavar="ACTION", required=True)
+    filters = actions.add_parser("filters", help="a convolution's filters as an image grid")
+    filters.add_argument("--layer", help="Conv2d module name (default: the first convolution)")
+    features = actions.add_parser("features", help="feature maps of chosen layers on an image")
+    features.add_argument("image", help="image file")
+    features.add_argument("--layers", nargs="+", help="module names (default: backbone stages)")
+    features.add_argument("--channels", type=int, default=16, help="maps shown per layer")
+    cam = actions.add_parser("cam", help="class activation map (Grad-CAM ...) on an image")
+    cam.add_argument("image", help="image file")
+    target = cam.add_mutually_exclusive_group()
+    target.add_argument("--class", dest="class_name", help="class to explain (default: top)")
+    target.add_argument("--box", type=int, help="detectors: explain detection K (0: top score)")
+    cam.add_argument("--method", default="gradcam", help="gradcam, hirescam, gradcam++, ...")
+    cam.add_argument("--layer", nargs="+", help="target module names (default: backbone stages)")
+    cam.add_argument(
+        "--score-threshold", type=float, default=0.3, help="detectors: detections kept"
+    )
+    for action in (filters, features, cam):
+        action.add_argument("--weights", required=True, help="checkpoint (.pt)")
+        action.add_argument("--out", default="runs/viz", help="output folder for the PNGs")
+
+
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "data_command", None)
+    sub = getattr(args, "data_command", None) or getattr(args, "viz_command", None)
     return f"{args.command} {sub}" if sub else args.command
+
+
+def _predict_handler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``cvkit predict MODEL SOURCE...`` is ``--weights MODEL SOURCE...``; the batch handler
+    (:mod:`cvkit.scale`) runs a positional ``.onnx`` model or any ``--engine``."""
+    positional = args.weights is None
+    if positional:
+        if len(args.source) < 2:
+            parser.error("predict: give --weights MODEL, or MODEL.onnx before the sources")
+        args.weights, args.source = args.source[0], args.source[1:]
+    if args.engine is not None or (positional and args.weights.lower().endswith(".onnx")):
+        return SCALE_PREDICT
+    return HANDLERS["predict"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     name = _command_name(args)
     if name not in HANDLERS:
         print(f"cvkit {name}: not built yet (arrives with {NOT_BUILT[name]})", file=sys.stderr)
         return EXIT_USAGE
-    module_name, func_name = HANDLERS[name].split(":")
+    handler_path = _predict_handler(parser, args) if name == "predict" else HANDLERS[name]
+    module_name, func_name = handler_path.split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)

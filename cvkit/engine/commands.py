@@ -20,6 +20,7 @@ NaN (no ground truth) becomes null.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import time
@@ -198,16 +199,33 @@ def evaluate(args: argparse.Namespace) -> int:
             f"has {list(val_set.classes)}"
         )
     start = time.perf_counter()
+    plots = _eval_plots(task, args)
     with torch.no_grad():
-        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device)
+        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device, **plots)
     print(
         f"cvkit eval: {args.weights} on {len(val_set)} images in "
         f"{_duration(time.perf_counter() - start)}"
     )
     print(format_metrics(task, metrics))
+    if plots:
+        print(f"plots: {plots['plots']}")
     if args.json:
         write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
     return 0
+
+
+def _eval_plots(task: Task, args: argparse.Namespace) -> dict[str, Path]:
+    """``{"plots": folder}`` for a task whose ``evaluate`` takes ``plots`` (detection: PR
+    curves, confusion matrix, worst images), unless ``--no-plots``; the folder is ``--plots``,
+    else the ``plots/`` of the run the weights belong to (``<run>/weights/W.pt``)."""
+    takes_plots = "plots" in inspect.signature(task.evaluate).parameters
+    if getattr(args, "no_plots", False) or not takes_plots:
+        return {}
+    if getattr(args, "plots", None):
+        return {"plots": Path(args.plots)}
+    weights = Path(args.weights)
+    run = weights.parent.parent if weights.parent.name == "weights" else weights.parent
+    return {"plots": run / "plots" / f"eval_{weights.stem}"}
 
 
 def format_metrics(task: Task, metrics: dict[str, float]) -> str:

@@ -40,17 +40,28 @@ class DetectTask(Task):
         return model(images, targets)
 
     def evaluate(
-        self, model: nn.Module, loader: DataLoader, device: torch.device
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        plots: str | Path | None = None,
     ) -> dict[str, float]:
         """COCO metrics as a flat dict: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ...,
-        ``AP/<class>``."""
-        return self.evaluate_coco(model, loader, device).as_dict()
+        ``AP/<class>``; with ``plots``, the detection plots are written there too."""
+        return self.evaluate_coco(model, loader, device, plots).as_dict()
 
     @torch.no_grad()
     def evaluate_coco(
-        self, model: nn.Module, loader: DataLoader, device: torch.device
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        plots: str | Path | None = None,
     ) -> CocoMetrics:
         """Run ``model`` (eval mode) over ``loader`` and score it with COCO mAP.
+
+        With ``plots`` (a folder), :func:`cvkit.eval.plots.write_detection_plots` draws the PR
+        curves, the confusion matrix and the worst images of the same detections there.
 
         A model with an ``inference`` attribute (score threshold, NMS IoU, ``max_det``) gets
         this task's ``eval:`` section first, so ``--set eval.score_threshold=...`` applies.
@@ -80,7 +91,13 @@ class DetectTask(Task):
                 detections.append(output.to_original(target.geometry))
                 image_ids.append(target.image_id)
         results = detections_to_coco(detections, image_ids, category_ids)
-        return evaluate_coco(ground_truth, results, backend=self.config.eval.coco_backend)
+        backend = self.config.eval.coco_backend
+        if plots is not None:
+            from cvkit.eval.plots import write_detection_plots
+
+            records = getattr(dataset, "records", None)
+            write_detection_plots(plots, ground_truth, results, records, backend=backend)
+        return evaluate_coco(ground_truth, results, backend=backend)
 
     def describe(self, metrics: dict[str, Any]) -> str:
         """``mAP 0.5123 mAP50 0.8012 mAP75 0.5544``."""

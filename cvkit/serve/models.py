@@ -1,0 +1,118 @@
+"""The models one server holds: a runtime predictor and its batchers per model.
+
+:class:`ServedModel` wraps :func:`cvkit.runtime.load_predictor` with two
+:class:`~cvkit.serve.batcher.DynamicBatcher` queues that share one worker thread (so a model
+runs one ``session.run`` at a time): decoded images for the image endpoint, batched through
+``predictor.predict`` (pre-processing, the graph and post-processing of the whole batch), and
+V2 tensors ``[B, 3, H, W]``, concatenated into one ``session.run``. A model whose graph has a
+fixed batch size (the batch axis of its input is a number) is not batched: each request runs
+alone (images padded to the graph's batch by the predictor).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvkit.runtime import load_predictor
+from cvkit.runtime.results import Result
+from cvkit.serve.batcher import DynamicBatcher
+from cvkit.serve.metrics import ServeMetrics
+from cvkit.serve.settings import ServeSettings
+
+
+def _run_tensors(model, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Run V2 input tensors; consecutive ones of equal ``[3, H, W]`` share one run."""
+    results: list[dict[str, np.ndarray]] = []
+    start = 0
+    while start < len(batches):
+        end = start + 1
+        while end < len(batches) and batches[end].shape[1:] == batches[start].shape[1:]:
+            end += 1
+        outputs = model.run(np.concatenate(batches[start:end]))
+        offset = 0
+        for batch in batches[start:end]:
+            rows = slice(offset, offset + len(batch))
+            results.append({name: value[rows] for name, value in outputs.items()})
+            offset += len(batch)
+        start = end
+    return results
+
+
+class ServedModel:
+    """One served ``.onnx`` model.
+
+    Args:
+        name: the name in the URLs (``/v2/models/{name}``).
+        path: the exported file.
+        settings: batching limits, providers and threads.
+        metrics: where the batchers report batch sizes and queue times.
+
+    Raises:
+        ModelFileError: the file is not a cvkit export.
+        ProviderError: the providers asked for did not start.
+    """
+
+    def __init__(
+        self, name: str, path: Path, settings: ServeSettings, metrics: ServeMetrics
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.predictor = load_predictor(
+            path, settings.providers, threads=settings.threads, batch_size=settings.max_batch
+        )
+        self.model = self.predictor.model
+        fixed = self.model.input_shape[0]
+        self.dynamic_batch = not (isinstance(fixed, int) and fixed > 0)
+        self.max_batch = settings.max_batch if self.dynamic_batch else int(fixed)
+        delay = settings.max_delay_ms / 1000 if self.dynamic_batch else 0.0
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"cvkit-serve-{name}")
+        observe = metrics.batch_observer(name)
+        self.images: DynamicBatcher[np.ndarray, Result] = DynamicBatcher(
+            self.predictor.predict,
+            settings.max_batch if self.dynamic_batch else 1,
+            delay,
+            executor,
+            observe,
+        )
+        self.tensors: DynamicBatcher[np.ndarray, dict[str, np.ndarray]] = DynamicBatcher(
+            lambda batches: _run_tensors(self.model, batches),
+            self.max_batch,
+            delay,
+            executor,
+            observe,
+        )
+        self._executor = executor
+
+    @property
+    def task(self) -> str:
+        """The metadata's task (``detect``, ``classify``, ``segment`` ...)."""
+        return self.predictor.metadata.task
+
+    def start(self) -> None:
+        """Start both batchers on the running event loop."""
+        self.images.start()
+        self.tensors.start()
+
+    async def stop(self) -> None:
+        """Stop the batchers and their worker thread."""
+        await self.images.stop()
+        await self.tensors.stop()
+        self._executor.shutdown(wait=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The model as ``GET /v1/models/{name}`` reports it."""
+        meta = self.predictor.metadata
+        return {
+            "name": self.name,
+            "task": meta.task,
+            "classes": list(meta.classes),
+            "input_size": list(meta.input_size),
+            "model": meta.model_name,
+            "dynamic_batch": self.dynamic_batch,
+            "max_batch": self.max_batch,
+            "provider": self.predictor.provider,
+        }

@@ -1,0 +1,101 @@
+"""Server life: the request timeout, several workers, graceful shutdown, no torch.
+
+Each test starts its own ``cvkit serve`` process with the settings it needs.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from cvkit.serve.settings import ServeError, ServeSettings, model_files
+
+
+def _jpeg(seed: int = 0) -> bytes:
+    image = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def _total(text: str, endpoint: str, status: str) -> float:
+    prefix = f'cvkit_requests_total{{endpoint="{endpoint}",model="ssd",status="{status}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_timeout_answers_504_and_workers_share_metrics(model_folder, launch):
+    """Two workers; a batch waits 3 s for company but requests time out after 0.3 s."""
+    server = launch(
+        [model_folder / "ssd.onnx"], "--workers", "2", "--max-delay-ms", "3000", "--timeout", "0.3"
+    )
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        started = time.perf_counter()
+        response = client.post("/v1/models/ssd/predict", content=_jpeg())
+        assert response.status_code == 504
+        assert "0.3 s timeout" in response.json()["error"]
+        assert time.perf_counter() - started < 2.5
+        zeros = [0.0] * (3 * 64 * 64)
+        infer = {
+            "inputs": [
+                {"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": zeros}
+            ]
+        }
+        assert client.post("/v2/models/ssd/infer", json=infer).status_code == 504
+        for _ in range(4):
+            assert client.get("/v2/models/ssd").status_code == 200
+        text = client.get("/metrics").text
+    assert _total(text, "/v1/models/{name}/predict", "504") == 1
+    assert _total(text, "/v2/models/{name}", "200") == 4  # summed over both workers
+    assert server.stop() in (0, -signal.SIGTERM)
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(model_folder, launch):
+    server = launch([model_folder / "ssd.onnx"], "--max-delay-ms", "1500")
+    answers: list[httpx.Response] = []
+    request = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{server.url}/v1/models/ssd/predict", content=_jpeg(), timeout=20)
+        )
+    )
+    request.start()
+    time.sleep(0.5)  # the request now waits in the batcher's queue
+    # uvicorn re-raises the signal once its graceful shutdown is done
+    assert server.stop() in (0, -signal.SIGTERM)
+    request.join()
+    assert answers[0].status_code == 200 and answers[0].json()["task"] == "detect"
+
+
+def test_a_server_process_imports_no_torch(model_folder):
+    code = (
+        "import sys; from cvkit.serve import ServeSettings, create_app; "
+        f"create_app(ServeSettings(models=({str(model_folder)!r},), providers='cpu')); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_model_paths_and_limits_are_checked(model_folder, tmp_path):
+    assert sorted(model_files([model_folder])) == ["seg", "ssd", "static"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "ssd.onnx").write_bytes(b"")
+    cases = {
+        "two models are named 'ssd'": [model_folder, tmp_path / "other" / "ssd.onnx"],
+        "no such file": [tmp_path / "missing.onnx"],
+        "holds no .onnx": [tmp_path],
+    }
+    for message, paths in cases.items():
+        with pytest.raises(ServeError, match=message):
+            model_files(paths)
+    with pytest.raises(ServeError, match="--max-batch"):
+        ServeSettings(models=("m.onnx",), max_batch=0)
+    settings = ServeSettings(models=("a.onnx",), max_delay_ms=2.5, threads=2)
+    assert ServeSettings.from_json(settings.to_json()) == settings
