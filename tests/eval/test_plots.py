@@ -6,14 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvkit.data.records import Records, Sample
 from cvkit.eval.plots import (
     PR_IOUS,
     detection_confusion,
     image_errors,
     match_image,
     pr_curves,
-    write_detection_plots,
 )
 
 CATEGORY_IDS = [5, 2]  # id order (2, 5) differs from the class order: curves follow id order
@@ -148,22 +146,6 @@ def test_confusion_matrix_of_hand_made_detections():
     )
     np.testing.assert_array_equal(matrix, expected)
     assert [e.errors for e in errors] == [3, 2]  # image 1: 2 FP + 1 swap; image 2: 1 FP + 1 miss
-
-
-def test_write_detection_plots(tmp_path):
-    gt, results = random_case(1)
-    rng = np.random.default_rng(0)
-    samples = [
-        Sample(image["id"], f"{image['id']}.png", 160, 200,
-               image=rng.integers(0, 255, (160, 200, 3), dtype=np.uint8))
-        for image in gt["images"]
-    ]  # fmt: skip
-    written = write_detection_plots(
-        tmp_path, gt, results, Records(samples, ["disc", "star"], CATEGORY_IDS)
-    )
-    names = [path.name for path in written]
-    assert names == ["pr_curves.png", "confusion_matrix.png", "worst_images.png"]
-    assert all(path.stat().st_size > 5000 for path in written)
 
 
 def test_cvkit_eval_writes_the_plots_of_a_detector(tmp_path):
