@@ -1,0 +1,343 @@
+"""Load test of ``cvkit serve`` on loopback: dynamic batching on vs off vs a hand-written baseline.
+
+Four servers of the same exported default SSD (``configs/ssd.yaml``: seeded weights, dynamic
+batch, NMS in the graph) run side by side, each in its own process on a free loopback port:
+
+- ``cvkit serve (batching)``: ``--max-batch 16 --max-delay-ms 5`` (the defaults);
+- ``cvkit serve (batching, 0 ms delay)``: ``--max-delay-ms 0``: a batch is whatever queued while
+  the previous one ran;
+- ``cvkit serve (no batching)``: ``--max-batch 1``, one request per ``session.run``;
+- ``plain FastAPI``: what a user writes by hand, an endpoint that reads the body and runs
+  the decoding and ``Detector.predict`` in FastAPI's thread pool (keeping the event loop free),
+  one ``session.run`` per request; concurrent requests call the session concurrently.
+
+An asyncio client (httpx, keep-alive, one connection per concurrent request) posts the same
+JPEG of the synthetic shapes for a bounded number of requests or seconds at each concurrency,
+servers taking turns at each level. Writes ``benchmarks/results/serve.md``.
+
+    python benchmarks/bench_serve.py [--model best.onnx] [--concurrency 1 4 16 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["circle", "rectangle", "triangle"]
+CVKIT_SERVERS = {
+    "cvkit serve (batching)": ["--max-batch", "16", "--max-delay-ms", "5"],
+    "cvkit serve (batching, 0 ms delay)": ["--max-batch", "16", "--max-delay-ms", "0"],
+    "cvkit serve (no batching)": ["--max-batch", "1"],
+}
+
+
+def export_default_ssd(path: Path, cfg: Path = ROOT / "configs" / "ssd.yaml") -> Path:
+    """The config's SSD with seeded random weights, exported with a dynamic batch."""
+    import torch
+
+    from cvkit.config import load_config
+    from cvkit.config.export import ExportConfig
+    from cvkit.export.onnx import export_model, metadata_from_config
+    from cvkit.models.build import build_model
+
+    torch.manual_seed(0)
+    config = load_config(cfg)
+    model = build_model(config, len(CLASSES)).eval()
+    export_model(model, path, metadata_from_config(config, CLASSES), ExportConfig(dynamic=True))
+    return path
+
+
+def baseline_app(model: Path):
+    """The hand-written server: one ``Detector.predict`` (one ``session.run``) per request."""
+    from cvkit.runtime import Detector
+
+    detector = Detector(model)
+    app = FastAPI()
+
+    def predict_bytes(body: bytes) -> dict:
+        image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        return detector.predict(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).to_dict()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        return await run_in_threadpool(predict_bytes, await request.body())
+
+    return app
+
+
+@dataclass
+class Server:
+    """A server process under test and the URL its predict requests go to."""
+
+    name: str
+    process: subprocess.Popen
+    base: str
+    predict_path: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(name: str, command: list[str], predict_path: str, port: int, ready: str) -> Server:
+    """Start ``command`` (listening on ``port``) and wait until ``ready`` answers 200."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(name, process, f"http://127.0.0.1:{port}", predict_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            if httpx.get(server.base + ready, timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{name} did not start")
+
+
+def start_servers(model: Path, threads: int | None) -> list[Server]:
+    """The servers of the comparison (see the module docstring)."""
+    serve = [sys.executable, "-m", "cvkit", "serve", str(model), "--providers", "cpu"]
+    if threads is not None:
+        serve += ["--threads", str(threads)]
+    servers = []
+    for name, options in CVKIT_SERVERS.items():
+        port = _free_port()
+        command = [*serve, *options, "--port", str(port)]
+        predict = f"/v1/models/{model.stem}/predict"
+        servers.append(start(name, command, predict, port, "/v2/health/ready"))
+    port = _free_port()
+    baseline = [sys.executable, __file__, "--baseline-server", str(model), "--port", str(port)]
+    servers.append(start("plain FastAPI", baseline, "/predict", port, "/docs"))
+    return servers
+
+
+async def load_test(
+    url: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float
+) -> dict:
+    """``concurrency`` clients posting ``body`` until ``max_requests`` or ``max_seconds``.
+
+    Returns:
+        ``requests``, ``errors`` (non-200 answers and failed connections), ``rps`` (answers
+        per second) and latency ``p50_ms``, ``p95_ms``, ``p99_ms``.
+    """
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    headers = {"content-type": "image/jpeg"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker() -> None:
+            nonlocal errors, issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                sent = time.perf_counter()
+                try:
+                    response = await client.post(url, content=body, headers=headers)
+                    errors += response.status_code != 200
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - sent)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    milliseconds = 1000 * np.asarray(latencies)
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        **{f"p{q}_ms": float(np.percentile(milliseconds, q)) for q in (50, 95, 99)},
+    }
+
+
+def mean_batch(server: Server) -> tuple[float, float]:
+    """(rows, runs) so far of the cvkit server's ``cvkit_batch_size`` histogram."""
+    values = {"sum": 0.0, "count": 0.0}
+    for line in httpx.get(server.base + "/metrics").text.splitlines():
+        for key in values:
+            if line.startswith(f"cvkit_batch_size_{key}{{"):
+                values[key] = float(line.split()[-1])
+    return values["sum"], values["count"]
+
+
+def shapes_jpeg(size: int) -> bytes:
+    """A JPEG of one synthetic shapes image (the default SSD's data), ``size`` px square."""
+    from cvkit.data.synthetic import render_sample
+
+    image = render_sample(np.random.default_rng(0), image_size=size).image
+    return cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def run(
+    model: Path | None,
+    concurrency: Sequence[int],
+    max_requests: int,
+    max_seconds: float,
+    out: Path | None,
+    image_size: int = 160,
+    threads: int | None = None,
+) -> list[dict]:
+    """Export (unless ``model`` is given), start the servers, load-test them, write the report."""
+    load_before = _load()
+    with tempfile.TemporaryDirectory() as folder:
+        if model is None:
+            model = export_default_ssd(Path(folder) / "model.onnx")
+        body = shapes_jpeg(image_size)
+        servers = start_servers(model, threads)
+        rows = []
+        try:
+            for level in concurrency:
+                for server in servers:
+                    url = server.base + server.predict_path
+                    asyncio.run(load_test(url, body, level, 2 * level, max_seconds))  # warm-up
+                    batches = mean_batch(server) if server.name.startswith("cvkit") else None
+                    row = asyncio.run(load_test(url, body, level, max_requests, max_seconds))
+                    if batches is not None:
+                        rows_now, runs_now = mean_batch(server)
+                        row["mean_batch"] = (rows_now - batches[0]) / max(
+                            1.0, runs_now - batches[1]
+                        )
+                    rows.append({"server": server.name, "concurrency": level, **row})
+                    print(rows[-1], flush=True)
+        finally:
+            for server in servers:
+                server.stop()
+    if out is not None:
+        write_report(out, rows, image_size, max_requests, max_seconds, load_before, _load())
+    return rows
+
+
+def _load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _cpu_model() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    names = [
+        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")
+    ]
+    return names[0] if names else platform.machine()
+
+
+def write_report(
+    out: Path,
+    rows: list[dict],
+    image_size: int,
+    max_requests: int,
+    max_seconds: float,
+    load_before: str,
+    load_after: str,
+) -> None:
+    """Markdown: one row per server and concurrency, and the target check at concurrency 16."""
+    import onnxruntime
+
+    lines = [
+        "# Serving: dynamic batching on vs off vs a plain FastAPI server",
+        "",
+        "`python benchmarks/bench_serve.py` — the default SSD (`configs/ssd.yaml`: quarter-width "
+        "ResNet-18, 128 px input, seeded random weights, exported with a dynamic batch and NMS "
+        f"in the graph) behind four servers on loopback, each posted one {image_size}x"
+        f"{image_size} JPEG of the synthetic shapes per request (the image endpoint's JSON "
+        "detections come back). At each concurrency every server gets a warm-up, then up to "
+        f"{max_requests} requests or {max_seconds:g} s, servers taking turns. The asyncio "
+        "client (httpx) runs on the same machine and shares its CPU with the servers.",
+        "",
+        f"CPU: {_cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
+        f"{load_before}; after: {load_after}. onnxruntime {onnxruntime.__version__}, CPU "
+        "execution provider, its default threads.",
+        "",
+        "| server | concurrency | requests | errors | requests/s | p50 (ms) | p95 (ms) | p99 (ms) "
+        "| mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
+        lines.append(
+            f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
+            f"{r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{batch} |"
+        )
+    lines.append("")
+    by_key = {(r["server"], r["concurrency"]): r for r in rows}
+    for level in sorted({r["concurrency"] for r in rows}):
+        baseline = by_key.get(("plain FastAPI", level))
+        for name in list(CVKIT_SERVERS)[:2]:
+            batching = by_key.get((name, level))
+            if batching is None or baseline is None:
+                continue
+            ratio = batching["rps"] / baseline["rps"]
+            lower = "lower" if batching["p99_ms"] < baseline["p99_ms"] else "not lower"
+            lines.append(
+                f"- Concurrency {level}, {name}: {ratio:.2f}x the plain server's requests/s, "
+                f"p99 {batching['p99_ms']:.1f} vs {baseline['p99_ms']:.1f} ms ({lower})."
+            )
+    errors = sum(r["errors"] for r in rows)
+    lines.append(f"- Errors over all runs: {errors}.")
+    batching, baseline = (
+        by_key.get((name, 16)) for name in ("cvkit serve (batching)", "plain FastAPI")
+    )
+    if batching and baseline:
+        met = batching["rps"] >= 2 * baseline["rps"] and batching["p99_ms"] < baseline["p99_ms"]
+        lines.append(
+            "- Target at concurrency 16 (default batching): >= 2x the plain server's "
+            f"requests/s with a lower p99: {'met' if met else 'NOT met'} in this run."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an exported detector (default: export one)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--requests", type=int, default=600, help="most requests per point")
+    parser.add_argument("--seconds", type=float, default=8.0, help="most seconds per point")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
+    parser.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server is not None:
+        import uvicorn
+
+        uvicorn.run(baseline_app(args.baseline_server), port=args.port, access_log=False)
+        return
+    run(args.model, args.concurrency, args.requests, args.seconds, args.out, args.image_size)
+
+
+if __name__ == "__main__":
+    main()
