@@ -34,6 +34,7 @@ def test_no_generated_request_gives_a_server_error(server):
             max_examples=EXAMPLES_PER_OPERATION,
             deadline=None,
             database=None,
+            derandomize=True,
             suppress_health_check=list(HealthCheck),
         )
         def fuzz(case, name):
