@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--address", help="ray: cluster address (auto, host:port, ray://...)")
     predict.add_argument("--actors", type=int, default=1, help="ray: actors (model copies)")
     predict.add_argument("--batch", type=int, default=16, help="images per model call")
+    predict.add_argument("--providers", default="auto", help="rows: auto, cpu, cuda or tensorrt")
     predict.add_argument(
         "--format", choices=["parquet", "jsonl"], default="parquet", help="row files' format"
     )
