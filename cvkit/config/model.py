@@ -88,6 +88,84 @@ class FasterRCNNConfig(Section):
     topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
 
 
+class ProposalConfig(Section):
+    """Selective-search region proposals of R-CNN and Fast R-CNN (``model.<name>.proposals``).
+
+    OpenCV's ximgproc selective search (the ``rcnn`` extra) in its ``fast`` or ``quality``
+    strategy (graph segmentations from ``base_k`` up by ``inc_k``, smoothing ``sigma``) or a
+    ``single`` segmentation (``base_k``, ``sigma``), on the network-input image. Proposals
+    narrower or lower than ``min_size`` pixels are dropped and at most ``max_proposals`` are
+    kept. They are computed once per image content and settings and cached in memory, and
+    also as files under ``cache_dir`` when it is set.
+    """
+
+    mode: Literal["fast", "quality", "single"] = "fast"
+    base_k: int = Field(150, gt=0)
+    inc_k: int = Field(150, gt=0)
+    sigma: float = Field(0.8, gt=0)
+    min_size: float = Field(2.0, ge=0)
+    max_proposals: int = Field(2000, gt=0)
+    cache_dir: Path | None = None
+
+
+class FastRCNNConfig(Section):
+    """Options of Fast R-CNN (``model.fast_rcnn``): one backbone stage (the last of
+    ``model.out_features``, stride 16 in the paper) shared by all proposals, RoI max pooling
+    to ``roi_size`` × ``roi_size``, two fully connected layers of ``representation_size``,
+    class logits and per-class box offsets (coded with ``box_weights``). Training samples
+    ``batch_size_per_image`` RoIs per image (ground truth added), at most
+    ``positive_fraction`` positive (IoU >= ``fg_iou_threshold``). ``topk_candidates``
+    (proposal, class) pairs per image enter the final NMS.
+    """
+
+    proposals: ProposalConfig = Field(default_factory=ProposalConfig)
+    roi_size: int = Field(7, gt=0)
+    representation_size: int = Field(1024, gt=0)
+    fg_iou_threshold: float = Field(0.5, gt=0, le=1)
+    bg_iou_threshold: float = Field(0.5, ge=0, le=1)
+    batch_size_per_image: int = Field(64, gt=0)
+    positive_fraction: float = Field(0.25, ge=0, le=1)
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
+
+
+class RCNNConfig(Section):
+    """Options of R-CNN (``model.rcnn``), the paper's three stages.
+
+    Each proposal, widened by ``context_padding`` pixels of context at the warped size, is
+    warped to ``crop_size`` × ``crop_size`` and read by the backbone (its last stage, average
+    pooled, is the feature). 1) Fine-tuning (the gradient epochs): a softmax over the classes
+    and background on ``batch_size_per_image`` proposals per image, ``positive_fraction``
+    positives at IoU >= ``finetune_iou``. 2) One linear SVM per class (scikit-learn's
+    ``LinearSVC``, hinge loss, penalty ``svm_c``, positives weighted ``svm_positive_weight``)
+    on features scaled to a mean norm of ``feature_norm``: ground-truth boxes are the
+    positives, proposals below ``negative_iou`` with every box of the class the negatives,
+    mined in up to ``mining_rounds`` rounds (negatives scoring above ``hard_negative_score``
+    join the training set, those below ``easy_negative_score`` leave it), starting from
+    ``initial_negatives`` per positive. 3) Per-class ridge regression (``ridge_alpha``) of the
+    box offsets of proposals at IoU >= ``box_iou``. ``topk_candidates`` (proposal, class)
+    pairs per image enter the final NMS.
+    """
+
+    proposals: ProposalConfig = Field(default_factory=ProposalConfig)
+    crop_size: int = Field(227, ge=16)
+    context_padding: int = Field(16, ge=0)
+    finetune_iou: float = Field(0.5, gt=0, le=1)
+    batch_size_per_image: int = Field(128, gt=0)
+    positive_fraction: float = Field(0.25, ge=0, le=1)
+    feature_norm: float = Field(20.0, gt=0)
+    svm_c: float = Field(0.001, gt=0)
+    svm_positive_weight: float = Field(2.0, gt=0)
+    negative_iou: float = Field(0.3, ge=0, le=1)
+    mining_rounds: int = Field(4, gt=0)
+    initial_negatives: int = Field(4, gt=0, description="negatives per positive at round 1")
+    hard_negative_score: float = -1.0
+    easy_negative_score: float = -1.2
+    box_iou: float = Field(0.6, gt=0, le=1)
+    ridge_alpha: float = Field(1000.0, ge=0)
+    topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
+
+
 class ClassifierConfig(Section):
     """Options of the image classifier (``model.classifier``).
 
@@ -146,3 +224,5 @@ class ModelConfig(Section):
     ssd: SSDConfig = Field(default_factory=SSDConfig)
     fcn: FCNConfig = Field(default_factory=FCNConfig)
     faster_rcnn: FasterRCNNConfig = Field(default_factory=FasterRCNNConfig)
+    fast_rcnn: FastRCNNConfig = Field(default_factory=FastRCNNConfig)
+    rcnn: RCNNConfig = Field(default_factory=RCNNConfig)

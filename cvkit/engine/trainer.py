@@ -6,6 +6,8 @@ epochs with ``task.evaluate`` and tracks the best ``task.best_metric``; logs one
 epoch. Everything else is a callback (:mod:`cvkit.engine.callbacks.builtin`, installed from the
 config around the user's own): the NaN/inf loss stop, EMA, early stopping, the
 ``metrics.jsonl``/``metrics.csv`` rows and curves, and ``last.pt``/``best.pt`` (atomic).
+A model with a non-gradient part (R-CNN's SVMs) defines ``fit_stage(train_loader, device)``:
+it runs after each epoch that is validated and after the last one, before validation.
 
 Under ``torchrun`` the model is wrapped in DistributedDataParallel (BatchNorm synchronised on
 CUDA); the loader should use a DistributedSampler (``task.build_loader(..., distributed=True)``).
@@ -200,6 +202,10 @@ class Trainer:
             validate = self.val_loader is not None and (
                 self.epoch % cfg.val_every == 0 or self.epoch == self.epochs
             )
+            fit_stage = getattr(self.model, "fit_stage", None)
+            if fit_stage is not None and (validate or self.epoch >= self.epochs):
+                # a model's non-gradient part (R-CNN's SVMs) is fitted on these weights
+                fit_stage(self.train_loader, self.device)
             self.improved = self._validate() if validate else False
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **train_row}
             if validate and self.is_main:

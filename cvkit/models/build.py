@@ -29,6 +29,8 @@ _BUILTIN_MODULES = {
     "classifier": "cvkit.models.classification",
     "ssd": "cvkit.models.detection.ssd",
     "faster_rcnn": "cvkit.models.detection.faster_rcnn",
+    "fast_rcnn": "cvkit.models.detection.fast_rcnn",
+    "rcnn": "cvkit.models.detection.rcnn",
     "fcn": "cvkit.models.segmentation.fcn",
 }
 
