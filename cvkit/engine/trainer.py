@@ -373,6 +373,7 @@ class Trainer:
             "category_ids": self.category_ids,
             "epoch": self.epoch,
             "step": self.step,
+            "world_size": distributed.world_size(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -395,11 +396,21 @@ class Trainer:
         """Continue from a ``last.pt`` checkpoint written by this trainer.
 
         Raises:
-            CheckpointError: unreadable file, or state that does not fit this model/optimizer.
+            CheckpointError: unreadable file, state that does not fit this model/optimizer, or a
+                checkpoint of a job with another number of processes (world size).
         """
         checkpoint = load_checkpoint(path, map_location=self.device)
         if "optimizer" not in checkpoint or "rng" not in checkpoint:
             raise CheckpointError(f"{path}: holds weights only; cannot resume training from it")
+        # Steps per epoch, the schedule's position and the batch each step averages all depend
+        # on the number of processes: continuing with another number would silently change them.
+        saved_world = checkpoint.get("world_size")
+        if saved_world is not None and saved_world != distributed.world_size():
+            raise CheckpointError(
+                f"{path}: written by a job of {saved_world} processes, resumed with "
+                f"{distributed.world_size()}; resume with the same --nnodes x --nproc-per-node, "
+                f"or start a new run from these weights: --set model.pretrained={path}"
+            )
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
