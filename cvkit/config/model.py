@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cvkit.config.base import Section
 
@@ -164,6 +164,15 @@ class RCNNConfig(Section):
     box_iou: float = Field(0.6, gt=0, le=1)
     ridge_alpha: float = Field(1000.0, ge=0)
     topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
+
+    @model_validator(mode="after")
+    def _check_padding(self) -> "RCNNConfig":
+        if 2 * self.context_padding >= self.crop_size:
+            raise ValueError(
+                f"context_padding {self.context_padding} leaves no room for the box in a "
+                f"crop_size {self.crop_size} crop (needs 2 * context_padding < crop_size)"
+            )
+        return self
 
 
 class ClassifierConfig(Section):
