@@ -1,0 +1,66 @@
+"""``cvkit train``, ``eval`` and ``predict`` with ``configs/rcnn.yaml`` and
+``configs/fast_rcnn.yaml`` on a tiny synthetic set: the evaluation of ``best.pt`` repeats the
+training's validation metrics, and the predictions of the validation images lie inside them."""
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from cvkit.cli import main
+from cvkit.logs import setup_logging
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _tiny(tmp_path: Path, name: str) -> list[str]:
+    common = [
+        "data.synthetic.num_train=4",
+        "data.synthetic.num_val=3",
+        "data.synthetic.image_size=64",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "data.workers=0",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.epochs=2",
+        "train.val_every=1",
+        "train.threads=1",
+        "device=cpu",
+        f"model.{name}.proposals.max_proposals=100",
+    ]
+    if name == "rcnn":
+        return [*common, "model.rcnn.crop_size=32", "model.rcnn.batch_size_per_image=16"]
+    return [*common, "model.fast_rcnn.representation_size=64"]
+
+
+@pytest.mark.parametrize("name", ["rcnn", "fast_rcnn"])
+def test_train_eval_predict_from_the_command_line(name, tmp_path):
+    config = str(CONFIGS / f"{name}.yaml")
+    overrides = _tiny(tmp_path, name)
+    run = tmp_path / "run"
+    try:
+        train = ["train", "--cfg", config, "--out", str(run), "--json", str(tmp_path / "t.json")]
+        assert main([*train, "--set", *overrides]) == 0
+        weights = str(run / "weights" / "best.pt")
+        evaluate = ["eval", "--cfg", config, "--weights", weights]
+        assert main([*evaluate, "--json", str(tmp_path / "e.json"), "--set", *overrides]) == 0
+        images = sorted((tmp_path / "cache").rglob("val_*.jpg"))
+        assert len(images) == 3
+        out = tmp_path / "predicted"
+        predict = ["predict", *map(str, images), "--weights", weights, "--out", str(out)]
+        assert main([*predict, "--score-threshold", "0.0"]) == 0
+    finally:
+        setup_logging()  # detach the run folder's log file
+    trained = json.loads((tmp_path / "t.json").read_text())
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    for key in ("mAP", "mAP50", "per_class_AP"):
+        assert evaluated[key] == trained[key]
+    records = json.loads((out / "predictions.json").read_text())
+    assert [record["image"] for record in records] == list(map(str, images))
+    assert sum(len(record["detections"]) for record in records) > 0
+    for record in records:
+        height, width = cv2.imread(record["image"]).shape[:2]
+        for detection in record["detections"]:
+            x1, y1, x2, y2 = detection["box"]
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
