@@ -141,6 +141,7 @@ def grid_anchors(
     offset: float = 0.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    rounded: bool = False,
 ) -> list[Tensor]:
     """Multi-level anchors for RPN / FPN heads: every size × ratio at every cell of every level.
 
@@ -156,6 +157,9 @@ def grid_anchors(
         sizes_per_level: anchor sizes in pixels per level.
         ratios: aspect ratios (width / height), shared by all levels.
         offset: centre offset in cells.
+        rounded: round each anchor's half width and half height to whole pixels, as
+            torchvision's ``AnchorGenerator`` does (its cell anchors are rounded), so that
+            ratios with irrational square roots give torchvision's anchors exactly.
 
     Returns:
         list of Tensor[H_l * W_l * A_l, 4]: ``(x1, y1, x2, y2)`` pixels per level.
@@ -173,7 +177,10 @@ def grid_anchors(
         root = torch.tensor(list(ratios), dtype=torch.float64).sqrt()
         shapes = torch.stack(
             [(root[:, None] * size_t).reshape(-1), (size_t / root[:, None]).reshape(-1)], dim=1
-        ).to(device=device, dtype=dtype)
+        )
+        if rounded:
+            shapes = 2 * (shapes / 2).round()
+        shapes = shapes.to(device=device, dtype=dtype)
         centres = _cell_centres(feature_size, (stride_x, stride_y), offset, device, dtype)
         levels.append(_place(centres, shapes))
     return levels

@@ -6,6 +6,7 @@ final detections, and the training losses under the same sampling seed must agre
 """
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,7 +218,7 @@ def test_roi_head_detections_equal_torchvision_postprocess():
     assert len(got[0]) > 10
 
 
-def _config(**faster_rcnn) -> Config:
+def _config(out_features=("layer1", "layer2", "layer3", "layer4"), **faster_rcnn) -> Config:
     options = {
         "fpn_channels": 16,
         "representation_size": 64,
@@ -230,7 +231,7 @@ def _config(**faster_rcnn) -> Config:
             "model": {
                 "name": "faster_rcnn",
                 "backbone": "resnet18_tiny",
-                "out_features": ["layer1", "layer2", "layer3", "layer4"],
+                "out_features": list(out_features),
                 "faster_rcnn": options,
             },
         }
@@ -279,3 +280,108 @@ def test_unequal_anchor_lists_name_the_key():
             _config(rpn={"anchor_sizes": [[8.0, 12.0], [16.0], [32.0], [64.0], [128.0]]}),
             num_classes=2,
         )
+
+
+def _painted(count: int, size: int = 64) -> tuple[torch.Tensor, list[Target]]:
+    """Noise images with filled rectangles whose colour is their class (red, green, blue)."""
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(count, 3, size, size, generator=generator) * 0.3
+    targets = []
+    for image in images:
+        n = int(torch.randint(1, 4, (1,), generator=generator))
+        xy = (torch.rand(n, 2, generator=generator) * size * 0.6).round()
+        wh = (12 + torch.rand(n, 2, generator=generator) * size * 0.35).round()
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        labels = torch.randint(0, 3, (n,), generator=generator)
+        for box, label in zip(boxes.int().tolist(), labels, strict=True):
+            image[:, box[1] : box[3], box[0] : box[2]] = 0
+            image[label, box[1] : box[3], box[0] : box[2]] = 1
+        targets.append(Target(boxes, labels, Geometry((size, size), (1.0, 1.0))))
+    return (images - 0.5) / 0.25, targets
+
+
+def _coco_ground_truth(targets: list[Target], size: int) -> dict:
+    annotations = []
+    for image_id, target in enumerate(targets):
+        for (x1, y1, x2, y2), label in zip(target.boxes.tolist(), target.labels, strict=True):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
+    }
+
+
+STEPS = 60
+
+
+def test_faster_rcnn_overfits_four_images_to_map50_above_0_9():
+    from cvkit.eval.coco import detections_to_coco, evaluate_coco
+
+    torch.manual_seed(0)
+    model = build_model(
+        _config(
+            ("layer2", "layer3", "layer4"),
+            fpn_channels=32,
+            representation_size=128,
+            batch_size_per_image=64,
+            rpn={
+                "anchor_sizes": [[16.0], [32.0], [64.0], [128.0]],
+                "pre_nms_top_n_train": 300,
+                "post_nms_top_n_train": 150,
+                "pre_nms_top_n_test": 150,
+                "post_nms_top_n_test": 100,
+            },
+        ),
+        num_classes=3,
+    )
+    images, targets = _painted(4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(STEPS):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    results = detections_to_coco(detections, list(range(4)), [1, 2, 3])
+    metrics = evaluate_coco(_coco_ground_truth(targets, 64), results)
+    assert metrics.as_dict()["mAP50"] > 0.9
+
+
+def test_r50_fpn_preset_loads_a_torchvision_resnet50_file(tmp_path):
+    import torchvision
+
+    from cvkit.config import load_config
+    from cvkit.engine.tasks.detect import DetectTask
+
+    source = torchvision.models.resnet50()
+    with torch.no_grad():  # not the initialization cvkit draws: loading must copy them
+        for parameter in source.parameters():
+            parameter.uniform_(-1, 1)
+    path = tmp_path / "resnet50.pth"
+    torch.save(source.state_dict(), path)
+    preset = Path(__file__).resolve().parents[2] / "configs" / "faster_rcnn_r50_fpn.yaml"
+    config = load_config(preset, [f"model.pretrained={path}"])
+    model = DetectTask(config).build_model(num_classes=90)
+    loaded = model.backbone.state_dict()
+    body = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert set(body) <= set(loaded)
+    for name, value in body.items():
+        assert torch.equal(loaded[name], value), name
+    # torchvision's layout: FPN on layer1..layer4 plus a pool level, stem and layer1 frozen
+    assert [spec.stride for spec in model.neck.output_shapes.values()] == [4, 8, 16, 32, 64]
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in model.backbone.layer2.parameters())
+    assert model.roi_heads.box_predictor.cls_score.out_features == 91

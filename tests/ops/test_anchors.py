@@ -64,6 +64,18 @@ def test_grid_anchors_match_torchvision():
     torch.testing.assert_close(torch.cat(ours), expected)
 
 
+def test_rounded_grid_anchors_match_torchvision_for_irrational_ratios():
+    sizes, ratios = ((16, 45), (100,)), (0.5, 1.0, 2.0, 3.0)
+    generator = AnchorGenerator(sizes, (tuple(1 / r for r in ratios),) * 2)
+    images = ImageList(torch.zeros(1, 3, 96, 96), [(96, 96)])
+    expected = generator(images, [torch.zeros(1, 1, 12, 12), torch.zeros(1, 1, 2, 2)])[0]
+    exact = torch.cat(grid_anchors([(12, 12), (2, 2)], [8, 48], sizes, ratios))
+    rounded = torch.cat(grid_anchors([(12, 12), (2, 2)], [8, 48], sizes, ratios, rounded=True))
+    torch.testing.assert_close(rounded, expected)
+    assert (exact - expected).abs().max() > 0.1  # sqrt(2) sides are not whole pixels
+    assert (rounded - exact).abs().max() <= 0.5
+
+
 def test_yolo_anchors_by_hand():
     anchors = yolo_anchors((2, 3), stride=8, anchor_sizes=[(10, 14), (20, 6)]).view(2, 3, 2, 4)
     torch.testing.assert_close(anchors[1, 2, 0], torch.tensor([20.0 - 5, 12 - 7, 20 + 5, 12 + 7]))

@@ -184,6 +184,7 @@ class RegionProposalNetwork(nn.Module):
                 self.options.anchor_sizes,
                 self.options.anchor_ratios,
                 device=features[0].device,
+                rounded=True,
             )
             self._anchor_cache = {key: anchors}
         return self._anchor_cache[key]
