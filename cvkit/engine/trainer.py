@@ -199,6 +199,7 @@ class Trainer:
             self._call("on_epoch_start", epoch)
             train_row = self.train_one_epoch(epoch)
             self.epoch = epoch + 1
+            self._call("on_train_epoch_end", train_row)
             validate = self.val_loader is not None and (
                 self.epoch % cfg.val_every == 0 or self.epoch == self.epochs
             )

@@ -233,6 +233,35 @@ def test_train_time_fits_the_epochs_and_the_schedule_into_the_budget(tmp_path):
     assert short.epoch == 1
 
 
+class SlowingClock(FakeClock):
+    """Epochs of ``epoch_seconds`` until epoch ``slow_from`` (0-based), then ``slow_seconds``;
+    records the epochs that were validated."""
+
+    def __init__(self, epoch_seconds, slow_from, slow_seconds):
+        super().__init__(epoch_seconds)
+        self.slow_from, self.slow_seconds = slow_from, slow_seconds
+        self.validated = []
+
+    def on_epoch_start(self, trainer, epoch):
+        self.now += self.epoch_seconds if epoch < self.slow_from else self.slow_seconds
+
+    def on_validation_end(self, trainer, metrics):
+        self.validated.append(trainer.epoch)
+
+
+def test_train_time_validates_the_epoch_where_the_budget_ends(tmp_path):
+    # 30 s epochs plan 10 epochs of 5 minutes; from epoch 3 an epoch takes 200 s, so the
+    # budget ends after epoch 3, which is not a val_every epoch: it is validated all the same
+    config = toy_config("train.epochs=100", "train.time=5", "train.val_every=4")
+    clock = SlowingClock(30.0, 2, 200.0)
+    run = make_run(tmp_path, "slowed")
+    trainer = timed_trainer(config, run, clock)
+    trainer.fit()
+    assert trainer.epoch == trainer.epochs == 3
+    assert clock.validated == [3] and trainer.best_metrics
+    assert load_checkpoint(run.best)["epoch"] == 3
+
+
 def test_set_epochs_continues_the_new_schedule_at_the_current_step():
     longer = make_trainer(toy_config("train.epochs=10"))
     shorter = make_trainer(toy_config("train.epochs=4"))

@@ -62,6 +62,11 @@ class Callback:
         ``loss`` is their sum, for the step's last batch).
         """
 
+    def on_train_epoch_end(self, trainer: Trainer, train_row: dict[str, float]) -> None:
+        """After an epoch's training (``trainer.epoch`` already counts it), before its
+        validation: a change of ``trainer.epochs`` here (``trainer.set_epochs``) still decides
+        whether this epoch is the last, and so validated."""
+
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After a validation on rank 0, with the task's metrics."""
 

@@ -101,8 +101,10 @@ class TimeBudget(Callback):
     After each epoch the mean epoch time of this session predicts how many more epochs fit in
     what is left of the budget; the trainer's epoch count and LR schedule are re-fitted to that
     (:meth:`~cvkit.engine.trainer.Trainer.set_epochs`), and training stops once the budget is
-    spent. The time already used is saved, so a resumed run keeps to the same budget. Rank 0's
-    clock decides for every process.
+    spent. The plan is made before each epoch's validation, so the epoch the budget ends is
+    validated (and can become ``best.pt``).
+    The time already used is saved, so a resumed run keeps to the same budget. Rank 0's clock
+    decides for every process.
 
     Args:
         minutes: ``train.time``.
@@ -126,8 +128,9 @@ class TimeBudget(Callback):
         if self.planned is not None:
             trainer.set_epochs(self.planned)
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        """Re-fit the number of epochs to the time left."""
+    def on_train_epoch_end(self, trainer: Trainer, train_row: dict[str, float]) -> None:
+        """Re-fit the number of epochs to the time left, before this epoch's validation (so
+        the epoch the budget ends is validated)."""
         session = self.clock() - self.start
         spent = self.used + session
         per_epoch = session / max(trainer.epoch - self.first_epoch, 1)
