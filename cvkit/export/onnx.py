@@ -91,9 +91,10 @@ class DetectorGraph(nn.Module):
         self.half = half
         self.soft_sigma = soft_sigma
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        """``images [B, 3, H, W]`` → the outputs listed in the module docstring."""
-        boxes, scores = self.model.candidates(images.half() if self.half else images)
+    def forward(self, images: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """``images [B, 3, H, W]`` (and any further inputs of ``candidates``, e.g. Fast
+        R-CNN's padded ``proposals [B, P, 4]``) → the outputs listed in the module docstring."""
+        boxes, scores = self.model.candidates(images.half() if self.half else images, *inputs)
         boxes, scores = boxes.float(), scores.float()
         if not self.nms:
             return boxes, scores

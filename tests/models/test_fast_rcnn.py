@@ -175,3 +175,70 @@ def test_loss_falls_within_a_dozen_steps_on_four_images():
 def test_loss_decreases_when_overfitting_four_images():
     history = _overfit(40)
     assert np.mean(history[-5:]) < 0.45 * np.mean(history[:5]), history
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_exported_with_proposals_as_an_input_each_image_equals_torch_alone(tmp_path):
+    """Traced at batch 2 with the proposals as a second, padded input; run at batch 1, 3 and
+    5 with as many proposal rows as each batch needs, one image left without a detection."""
+    import onnxruntime
+
+    from cvkit.config.export import ExportConfig
+    from cvkit.export.onnx import DetectorGraph
+
+    images, _ = synthetic_batch(5)
+    model = _model(topk_candidates=200).eval()
+    proposals = model.proposer(images)
+    with torch.no_grad():
+        best = [
+            float(model(image[None], proposals=[boxes])[0].scores.max())
+            for image, boxes in zip(images, proposals, strict=True)
+        ]
+    low, next_low = sorted(best)[:2]
+    threshold = (low + next_low) / 2  # the image with the lowest best score detects nothing
+    model.inference = model.inference.model_copy(
+        update={"score_threshold": threshold, "max_det": 20}
+    )
+    graph = DetectorGraph(model, True, threshold, model.inference.iou_threshold, 20, 200).eval()
+    outputs = ["boxes", "scores", "labels", "num_dets"]
+    path = tmp_path / "fast_rcnn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (images[:2], pad_proposals(proposals[:2]).boxes),
+            str(path),
+            dynamo=False,
+            opset_version=ExportConfig().opset,
+            input_names=["images", "proposals"],
+            output_names=outputs,
+            dynamic_axes={
+                "images": {0: "batch"},
+                "proposals": {0: "batch", 1: "proposals"},
+                **{name: {0: "batch"} for name in outputs},
+            },
+        )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        alone = [
+            model(image[None], proposals=[boxes])[0]
+            for image, boxes in zip(images, proposals, strict=True)
+        ]
+    assert sum(len(detections) == 0 for detections in alone) == 1
+    for chosen in ([3], [4, 0, 2], [1, 2, 3, 4, 0]):
+        padded = pad_proposals([proposals[i] for i in chosen]).boxes
+        boxes, scores, labels, counts = session.run(
+            None, {"images": images[chosen].numpy(), "proposals": padded.numpy()}
+        )
+        for row, index in enumerate(chosen):
+            want, count = alone[index], int(counts[row])
+            assert count == len(want)
+            np.testing.assert_allclose(boxes[row, :count], want.boxes.numpy(), atol=1e-4)
+            np.testing.assert_allclose(scores[row, :count], want.scores.numpy(), atol=1e-5)
+            np.testing.assert_array_equal(labels[row, :count], want.labels.numpy())
+
+
+def test_padded_proposals_of_the_wrong_shape_are_refused(data):
+    images, _ = data
+    model = _model().eval()
+    with pytest.raises(ValueError, match=r"padded proposals must be \[2, P, 4\]"):
+        model.candidates(images[:2], torch.zeros(3, 5, 4))

@@ -56,6 +56,22 @@ def pad_proposals(proposals: Sequence[Tensor]) -> Proposals:
     return Proposals(boxes, scores, count)
 
 
+def padded_input(boxes: Tensor, batch_size: int) -> Proposals:
+    """Padded ``boxes [B, P, 4]`` (real rows first, then rows of zero width or height) →
+    :class:`~cvkit.models.detection.rpn.Proposals` with those real rows counted; traceable.
+
+    Raises:
+        ValueError: ``boxes`` is not ``[batch_size, P, 4]``.
+    """
+    if boxes.dim() != 3 or boxes.shape[0] != batch_size or boxes.shape[2] != 4:
+        raise ValueError(
+            f"padded proposals must be [{batch_size}, P, 4] for {batch_size} images, "
+            f"got {list(boxes.shape)}"
+        )
+    real = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    return Proposals(boxes, real.to(boxes.dtype), real.sum(dim=1))
+
+
 class FastRCNN(ProposalDetector):
     """Fast R-CNN: backbone stage, RoI pooling and the RoI box head, over given proposals.
 
@@ -131,21 +147,28 @@ class FastRCNN(ProposalDetector):
         return self.roi_heads.loss([self.features(batch.tensor)], boxes, targets)
 
     def candidates(
-        self, images: Tensor | ImageBatch, proposals: Sequence[Tensor] | None = None
+        self,
+        images: Tensor | ImageBatch,
+        proposals: Sequence[Tensor] | Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-class pre-NMS predictions of every proposal.
 
         Args:
             images (Tensor[B, 3, H, W] or ImageBatch): normalized images.
-            proposals: as in :meth:`forward`.
+            proposals: as in :meth:`forward`, or one padded ``Tensor[B, P, 4]`` (the form an
+                exported graph takes as its second input): each image's real boxes first,
+                then rows of zero width or height, which are padding.
 
         Returns:
             ``boxes [B, P, C, 4]`` xyxy input pixels (clipped to each image), ``scores
             [B, P, C]`` class probabilities (0 on padding rows), ``P`` the most proposals of
-            an image in the batch.
+            an image in the batch (the padded input's ``P``).
         """
         batch = ImageBatch.of(images)
-        padded = pad_proposals(self.proposals_for(batch, proposals))
+        if isinstance(proposals, Tensor):
+            padded = padded_input(proposals.to(batch.tensor.device, torch.float32), len(batch))
+        else:
+            padded = pad_proposals(self.proposals_for(batch, proposals))
         features = [self.features(batch.tensor)]
         return self.roi_heads.candidates(features, padded, batch.image_sizes)
 
