@@ -1,6 +1,7 @@
-"""``cvkit train``, ``eval`` and ``predict`` with ``configs/rcnn.yaml`` and
+"""``cvkit train``, ``eval``, ``predict`` and ``export`` with ``configs/rcnn.yaml`` and
 ``configs/fast_rcnn.yaml`` on a tiny synthetic set: the evaluation of ``best.pt`` repeats the
-training's validation metrics, and the predictions of the validation images lie inside them."""
+training's validation metrics, the predictions of the validation images lie inside them, and
+the images-only export fails with a message (the proposals must be a graph input)."""
 
 import json
 from pathlib import Path
@@ -35,7 +36,7 @@ def _tiny(tmp_path: Path, name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["rcnn", "fast_rcnn"])
-def test_train_eval_predict_from_the_command_line(name, tmp_path):
+def test_train_eval_predict_from_the_command_line(name, tmp_path, capsys):
     config = str(CONFIGS / f"{name}.yaml")
     overrides = _tiny(tmp_path, name)
     run = tmp_path / "run"
@@ -50,6 +51,10 @@ def test_train_eval_predict_from_the_command_line(name, tmp_path):
         out = tmp_path / "predicted"
         predict = ["predict", *map(str, images), "--weights", weights, "--out", str(out)]
         assert main([*predict, "--score-threshold", "0.0"]) == 0
+        capsys.readouterr()
+        # selective search is no graph op: the images-only export says what to do instead
+        assert main(["export", "--weights", weights]) != 0
+        assert "pass the proposals as an input" in capsys.readouterr().err
     finally:
         setup_logging()  # detach the run folder's log file
     trained = json.loads((tmp_path / "t.json").read_text())

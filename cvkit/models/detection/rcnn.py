@@ -462,7 +462,10 @@ class RCNN(ProposalDetector):
         """Fit the SVMs (with hard-negative mining) and box regressors on ``batches``.
 
         The Trainer calls this after the gradient epochs that are validated and after the
-        last one (the backbone is in eval mode meanwhile, so features match inference).
+        last one (the backbone is in eval mode meanwhile, so features match inference), on
+        its training loader: the first random negatives of each SVM are drawn by position,
+        so another batch order (the loader's shuffle) gives slightly different SVMs. Under
+        DDP each process fits on its own shard.
         """
         was_training = self.training
         self.eval()
