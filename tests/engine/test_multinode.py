@@ -1,5 +1,5 @@
 """Multi-node training as ``torchrun --nnodes 2`` runs it, on one machine: two launches of one
-process each (gloo, static rendezvous on 127.0.0.1), one per "node".
+process each (gloo, static or c10d rendezvous on 127.0.0.1), one per "node".
 
 Checked: the rendezvous gives ranks 0 and 1 with one local process each, both end with the
 same weights, each epoch's DistributedSampler shard is the one torch's sampler gives for that
@@ -97,16 +97,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_two_nodes(out: Path) -> None:
-    """``torchrun --nnodes=2 --nproc-per-node=1 --node-rank=R`` for R = 0, 1 at once, as on
-    two machines that reach node 0 at 127.0.0.1."""
+def launch_two_nodes(out: Path, rendezvous: str) -> None:
+    """Two ``torchrun --nnodes=2 --nproc-per-node=1`` launches at once, as on two machines
+    that reach node 0 at 127.0.0.1: ``static`` with ``--node-rank=0|1 --master-addr``, or
+    ``c10d`` with one ``--rdzv-endpoint`` (ranks assigned as the launches join)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launches = []
     for node in (0, 1):
+        if rendezvous == "static":
+            meeting = [f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}"]
+        else:
+            meeting = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                       "--rdzv-id=cvkit-test"]  # fmt: skip
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
-                   "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
-                   f"--master-port={port}", __file__, str(out)]  # fmt: skip
+                   "--nproc-per-node=1", *meeting, __file__, str(out)]  # fmt: skip
         launches.append(
             subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -122,8 +127,9 @@ def launch_two_nodes(out: Path) -> None:
         assert launch.returncode == 0, f"node {node}:\n{output[-3000:]}"
 
 
-def test_two_nodes_one_process_each(tmp_path):
-    launch_two_nodes(tmp_path)
+@pytest.mark.parametrize("rendezvous", ["static", pytest.param("c10d", marks=pytest.mark.slow)])
+def test_two_nodes_one_process_each(tmp_path, rendezvous):
+    launch_two_nodes(tmp_path, rendezvous)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [rank["info"] for rank in ranks] == [
         {"rank": r, "local_rank": 0, "world_size": 2, "local_world_size": 1} for r in (0, 1)
