@@ -432,12 +432,13 @@ class RCNN(ProposalDetector):
     ) -> RegionBank:
         """Features (unscaled) of every proposal and ground-truth box of ``batches``
         (``(images, targets)`` as the loader yields them), with their overlaps and the
-        regression samples.
+        regression samples; images in the order of their ``image_id`` (then as met), so a
+        shuffled loader gives the same bank.
 
         Raises:
             ValueError: ``batches`` is empty.
         """
-        rows: dict[str, list[Tensor]] = {name: [] for name in RegionBank.__dataclass_fields__}
+        per_image: list[tuple[int, dict[str, Tensor]]] = []
         for images, targets in batches:
             batch = ImageBatch.of(images.to(device))
             proposals = self.proposals_for(batch)
@@ -448,13 +449,17 @@ class RCNN(ProposalDetector):
                 proposals, features.split([len(b) for b in boxes]), gts, targets, strict=True
             ):
                 labels = target.labels.to(device)
-                for name, value in self._image_regions(
-                    image_boxes, gt, labels, image_features
-                ).items():
-                    rows[name].append(value.cpu())
-        if not rows["gt_labels"]:
+                regions = self._image_regions(image_boxes, gt, labels, image_features)
+                per_image.append((target.image_id, {k: v.cpu() for k, v in regions.items()}))
+        if not per_image:
             raise ValueError("RCNN.collect_regions: no batches to fit the SVMs on")
-        return RegionBank(**{name: torch.cat(values).numpy() for name, values in rows.items()})
+        per_image.sort(key=lambda item: item[0])
+        return RegionBank(
+            **{
+                name: torch.cat([regions[name] for _, regions in per_image]).numpy()
+                for name in RegionBank.__dataclass_fields__
+            }
+        )
 
     def fit_stage(
         self, batches: Iterable[tuple[Tensor, list[Target]]], device: torch.device | str
@@ -463,9 +468,9 @@ class RCNN(ProposalDetector):
 
         The Trainer calls this after the gradient epochs that are validated and after the
         last one (the backbone is in eval mode meanwhile, so features match inference), on
-        its training loader: the first random negatives of each SVM are drawn by position,
-        so another batch order (the loader's shuffle) gives slightly different SVMs. Under
-        DDP each process fits on its own shard.
+        its training loader; the regions are ordered by image (:meth:`collect_regions`), so
+        the loader's shuffle does not change the SVMs. Under DDP each process fits on its
+        own shard.
         """
         was_training = self.training
         self.eval()
