@@ -257,3 +257,48 @@ class SequentialBackbone(Backbone):
             x = layer(x)
             if index in self._stage_ends:
                 yield self._stage_ends[index], x
+
+    def _set_layer_names(self, names: Sequence[str]) -> None:
+        """Name every layer of ``features`` (one name per index) for :meth:`taps`."""
+        if len(names) != len(self.features) or len(set(names)) != len(names):
+            raise ValueError("need one distinct name per layer of features")
+        self.layer_names = list(names)
+
+    @property
+    def tap_names(self) -> list[str]:
+        """Every layer :meth:`taps` can return, from input to output."""
+        return list(getattr(self, "layer_names", []))
+
+    def taps(self, x: Tensor, names: Sequence[str]) -> OrderedDict[str, Tensor]:
+        """The activations of the named layers (any layer, not only stage ends).
+
+        A tapped activation is cloned when the next layer works in place (a convolution's
+        output before VGG's ``ReLU(inplace=True)``), so later layers never overwrite it.
+        Computation stops after the deepest requested layer.
+
+        Args:
+            x (Tensor[B, in_channels, H, W]): normalized images.
+            names: layer names from :attr:`tap_names`, in any order.
+
+        Returns:
+            ``OrderedDict`` name → ``Tensor[B, C, h, w]`` in layer order.
+
+        Raises:
+            ConfigError: a name that is not a layer of this backbone.
+        """
+        unknown = [name for name in names if name not in self.tap_names]
+        if unknown or not names:
+            raise ConfigError(
+                f"taps: unknown layer(s) {unknown or '[]'} for {type(self).__name__}; "
+                f"layers are {self.tap_names}"
+            )
+        wanted = set(names)
+        last = max(self.layer_names.index(name) for name in wanted)
+        found: OrderedDict[str, Tensor] = OrderedDict()
+        for index, layer in enumerate(self.features[: last + 1]):
+            x = layer(x)
+            name = self.layer_names[index]
+            if name in wanted:
+                following = self.features[index + 1] if index < last else None
+                found[name] = x.clone() if getattr(following, "inplace", False) else x
+        return found

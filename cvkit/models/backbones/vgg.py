@@ -4,6 +4,12 @@
 so ``vgg16-*.pth`` / ``vgg16_bn-*.pth`` files load. Stages are the outputs of each block's
 last ReLU before its pool: ``conv1`` (stride 1), ``conv2`` (2), ``conv3`` (4), ``conv4`` (8,
 SSD's ``conv4_3`` in VGG-16), ``conv5`` (16), and ``pool5`` (32) after the last pool.
+
+Every layer can also be tapped by name (``backbone.taps(x, names)``,
+the layers style-transfer losses read): ``conv{b}_{i}``, ``bn{b}_{i}`` (``_bn`` models) and
+``relu{b}_{i}`` for convolution ``i`` of block ``b`` (both from 1), and ``pool{b}``; in
+VGG-19 these run from ``conv1_1`` (``features[0]``) to ``relu5_4`` (``features[35]``) and
+``pool5`` (``features[36]``), and ``conv4_2`` is ``features[21]``, as in torchvision.
 """
 
 from __future__ import annotations
@@ -40,21 +46,27 @@ class VGG(SequentialBackbone):
         super().__init__()
         self.width_mult = width_mult
         layers: list[nn.Module] = []
+        names: list[str] = []
         stages = []
         channels = in_channels
         for block, (convs, width) in enumerate(zip(BLOCK_DEPTHS[depth], BLOCK_WIDTHS, strict=True)):
             width = scale(width, width_mult)
-            for _ in range(convs):
+            for conv in range(1, convs + 1):
                 layers.append(nn.Conv2d(channels, width, 3, padding=1))
+                names.append(f"conv{block + 1}_{conv}")
                 if batch_norm:
                     layers.append(nn.BatchNorm2d(width))
+                    names.append(f"bn{block + 1}_{conv}")
                 layers.append(nn.ReLU(inplace=True))
+                names.append(f"relu{block + 1}_{conv}")
                 channels = width
             stages.append((StageInfo(f"conv{block + 1}", width, 2**block), len(layers) - 1))
             layers.append(nn.MaxPool2d(2, 2))
+            names.append(f"pool{block + 1}")
         stages.append((StageInfo("pool5", channels, 32), len(layers) - 1))
         self.features = nn.Sequential(*layers)
         self._set_sequential_stages(stages)
+        self._set_layer_names(names)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
