@@ -110,9 +110,29 @@ def test_resolved_config_round_trips(tmp_path):
     assert "base" not in yaml.safe_load(saved.read_text())
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+SEARCH_SPACES = {"tune_space.yaml"}  # `cvkit tune --space` files, not training configs
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name not in SEARCH_SPACES),
+    ids=lambda p: p.name,
+)
 def test_shipped_configs_validate(path):
     assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize("name", sorted(SEARCH_SPACES))
+def test_shipped_search_spaces_validate_and_name_config_keys(name):
+    from cvkit.engine.tune import load_space, overrides_of
+
+    space = load_space(REPO / "configs" / name)
+    # every searched key is a real config key: a trial's overrides load
+    values = {
+        key: param.low if param.low is not None else param.choices[0]
+        for key, param in space.params.items()
+    }
+    load_config(overrides=overrides_of(values))
 
 
 @pytest.mark.parametrize(
