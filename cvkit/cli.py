@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate weights on the config's val split")
     _add_config_args(evaluate)
-    evaluate.add_argument("--weights", required=True, help="checkpoint (.pt)")
+    evaluate.add_argument("--weights", required=True, help="checkpoint (.pt) or exported .onnx")
     evaluate.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
     evaluate.add_argument(
         "--plots", metavar="DIR", help="detectors: plot folder (default: <run>/plots/eval_<W>/)"
@@ -128,6 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the graph's NMS: hard, Gaussian soft-NMS or DIoU-NMS (with --nms)",
     )
     export.add_argument("--half", action="store_true", help="float16 weights (GPU inference)")
+    export.add_argument("--int8", action="store_true", help="int8 quantization (onnxruntime)")
+    export.add_argument(
+        "--int8-mode",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static: calibrated QDQ, per-channel weights; dynamic: weights only",
+    )
+    export.add_argument(
+        "--calib",
+        default="train",
+        metavar="DATA",
+        help="int8 calibration: train or val (the config's split), or image files/folders",
+    )
+    export.add_argument("--calib-images", type=int, default=200, help="calibration image count")
+    export.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="D",
+        help="--half/--int8: refuse when the val metric drops by more (0.01 = one point)",
+    )
     export.add_argument("--opset", type=int, default=None, help="ONNX opset version")
     export.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
 

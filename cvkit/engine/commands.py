@@ -10,7 +10,8 @@ against torch by :mod:`cvkit.export`); a failed export is reported after the tra
 are safely written and makes the command exit with status 1.
 
 ``cvkit eval --cfg CFG --weights CKPT [--json PATH]`` rebuilds the model from the checkpoint
-and scores it on the config's val split.
+and scores it on the config's val split; an exported ``.onnx`` is scored the same way through
+onnxruntime (:func:`cvkit.export.quantize.evaluate_onnx`).
 
 ``--json`` writes the metrics as JSON: the flat keys (``mAP``, ``mAP50``, ``mAP75`` ...) plus
 one ``per_class_<metric>`` mapping for each ``<metric>/<class>`` key (e.g. ``per_class_AP``);
@@ -188,6 +189,8 @@ def evaluate(args: argparse.Namespace) -> int:
     """``cvkit eval``: score a checkpoint on the config's val split; returns the exit code."""
     config = load_config(args.cfg, args.overrides)
     configure_threads(config.train.threads)
+    if str(args.weights).lower().endswith(".onnx"):
+        return _evaluate_onnx(config, args)
     device = select_device(config.device)
     checkpoint = load_checkpoint(args.weights, device)
     model = load_model(checkpoint, device, args.weights)
@@ -209,6 +212,21 @@ def evaluate(args: argparse.Namespace) -> int:
     print(format_metrics(task, metrics))
     if plots:
         print(f"plots: {plots['plots']}")
+    if args.json:
+        write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
+    return 0
+
+
+def _evaluate_onnx(config: Config, args: argparse.Namespace) -> int:
+    """``cvkit eval --weights model.onnx``: the exported file through the runtime (CPU), scored
+    by the same task ``evaluate`` as a checkpoint."""
+    from cvkit.export.quantize import evaluate_onnx
+
+    task = get_task(config.task)(config)
+    start = time.perf_counter()
+    metrics = evaluate_onnx(args.weights, config, **_eval_plots(task, args))
+    print(f"cvkit eval: {args.weights} (onnxruntime) in {_duration(time.perf_counter() - start)}")
+    print(format_metrics(task, metrics))
     if args.json:
         write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
     return 0

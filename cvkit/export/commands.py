@@ -47,8 +47,39 @@ def run_export(args: argparse.Namespace) -> int:
     }
     if args.opset is not None:
         fields["opset"] = args.opset
+    if args.int8 or args.half:
+        return _run_reduced(args, ExportConfig(**fields))
     result = export_checkpoint(args.weights, args.out, ExportConfig(**fields))
     differences = ", ".join(f"{name} {value:.2e}" for name, value in result.differences.items())
     get_logger("export").info("wrote %s (parity max differences: %s)", result.path, differences)
     print(result.path)
+    return 0
+
+
+def _run_reduced(args: argparse.Namespace, options: ExportConfig) -> int:
+    """``--half`` / ``--int8``: export, score on the val split, gate on ``--max-drop``."""
+    from cvkit.export.quantize import export_reduced
+
+    result = export_reduced(
+        args.weights,
+        args.out,
+        options,
+        int8_mode=args.int8_mode if args.int8 else None,
+        calib=args.calib,
+        calib_images=args.calib_images,
+        max_drop=args.max_drop,
+    )
+    get_logger("export").info(
+        "wrote %s (%s; val %s %.4f, float %.4f)",
+        result.path,
+        result.precision,
+        result.metric,
+        result.value,
+        result.float_value,
+    )
+    print(result.path)
+    print(
+        f"val {result.metric}: {result.value:.4f} ({result.precision}) vs "
+        f"{result.float_value:.4f} (float)"
+    )
     return 0
