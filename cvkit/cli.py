@@ -32,6 +32,7 @@ HANDLERS: dict[str, str] = {
     "viz filters": "cvkit.insight.commands:filters",
     "viz features": "cvkit.insight.commands:features",
     "viz cam": "cvkit.insight.commands:cam",
+    "style": "cvkit.style.commands:run_style",
 }
 # ``cvkit predict MODEL.onnx SOURCE`` or ``--engine``: resumable rows (cvkit.scale)
 SCALE_PREDICT = "cvkit.scale.commands:run_predict"
@@ -171,7 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, help="image side in pixels (default 160)")
     _add_tune_parser(commands)
     _add_viz_parser(commands)
+    _add_style_parser(commands)
     return parser
+
+
+def _add_style_parser(commands: argparse._SubParsersAction) -> None:
+    style = commands.add_parser("style", help="Gatys style transfer of one image")
+    style.add_argument("--content", required=True, help="content image")
+    style.add_argument("--style", required=True, action="append", help="style image (repeatable)")
+    style.add_argument("--style-weights", type=float, nargs="+", help="blend, one per --style")
+    style.add_argument("--vgg", help="torchvision vgg16/vgg19 .pth (default: random weights)")
+    style.add_argument("--out", required=True, help="output image (.png, .jpg)")
+    style.add_argument("--size", type=int, default=512, help="longer side in pixels")
+    style.add_argument("--steps", type=int, default=300, help="optimiser steps per level")
+    style.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    style.add_argument("--lr", type=float, help="step size (lbfgs 1.0, adam 0.02)")
+    style.add_argument("--levels", type=int, default=1, help="coarse-to-fine levels")
+    style.add_argument("--init", choices=["content", "noise"], default="content")
+    style.add_argument("--content-weight", type=float, default=1.0)
+    style.add_argument("--style-weight", type=float, default=1e4)
+    style.add_argument("--tv-weight", type=float, default=0.0)
+    style.add_argument("--preserve-colour", action="store_true", help="keep the content colours")
+    style.add_argument("--save-every", type=int, default=0, help="intermediate PNGs every N steps")
+    style.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:

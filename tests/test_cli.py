@@ -22,6 +22,7 @@ COMMANDS = [
     ["viz", "filters"],
     ["viz", "features"],
     ["viz", "cam"],
+    ["style"],
 ]
 
 
