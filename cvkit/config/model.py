@@ -88,6 +88,20 @@ class FasterRCNNConfig(Section):
     topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
 
 
+class MaskRCNNConfig(FasterRCNNConfig):
+    """Options of Mask R-CNN (``model.mask_rcnn``): every Faster R-CNN option, plus the mask
+    branch. Each positive RoI (training) or detection (inference) reads a ``mask_roi_size`` ×
+    ``mask_roi_size`` RoIAlign grid from its FPN level; 3×3 conv + ReLU blocks of
+    ``mask_layers`` channels, a 2×2 stride-2 transposed conv to ``mask_dim_reduced`` channels
+    and a 1×1 conv give one ``2 * mask_roi_size`` square of logits per class. Defaults are
+    torchvision's.
+    """
+
+    mask_roi_size: int = Field(14, gt=0)
+    mask_layers: list[int] = Field(default_factory=lambda: [256, 256, 256, 256], min_length=1)
+    mask_dim_reduced: int = Field(256, gt=0)
+
+
 class ProposalConfig(Section):
     """Selective-search region proposals of R-CNN and Fast R-CNN (``model.<name>.proposals``).
 
@@ -233,5 +247,6 @@ class ModelConfig(Section):
     ssd: SSDConfig = Field(default_factory=SSDConfig)
     fcn: FCNConfig = Field(default_factory=FCNConfig)
     faster_rcnn: FasterRCNNConfig = Field(default_factory=FasterRCNNConfig)
+    mask_rcnn: MaskRCNNConfig = Field(default_factory=MaskRCNNConfig)
     fast_rcnn: FastRCNNConfig = Field(default_factory=FastRCNNConfig)
     rcnn: RCNNConfig = Field(default_factory=RCNNConfig)

@@ -29,6 +29,7 @@ _BUILTIN_MODULES = {
     "classifier": "cvkit.models.classification",
     "ssd": "cvkit.models.detection.ssd",
     "faster_rcnn": "cvkit.models.detection.faster_rcnn",
+    "mask_rcnn": "cvkit.models.detection.mask_rcnn",
     "fast_rcnn": "cvkit.models.detection.fast_rcnn",
     "rcnn": "cvkit.models.detection.rcnn",
     "fcn": "cvkit.models.segmentation.fcn",

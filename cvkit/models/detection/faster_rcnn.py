@@ -111,16 +111,7 @@ class FasterRCNN(Detector):
         """
         batch = ImageBatch.of(images)
         if not self.training:
-            boxes, scores = self.candidates(batch)
-            return select_detections(
-                boxes,
-                scores,
-                batch.image_sizes,
-                self.inference.score_threshold,
-                self.inference.iou_threshold,
-                self.inference.max_det,
-                self.options.topk_candidates,
-            )
+            return self.detect(self.features(batch.tensor), batch)
         if targets is None or len(targets) != len(batch):
             raise ValueError("FasterRCNN in training mode needs one Target per image")
         features = self.features(batch.tensor)
@@ -141,11 +132,31 @@ class FasterRCNN(Detector):
             proposal slots), ``P = rpn.post_nms_top_n_test``.
         """
         batch = ImageBatch.of(images)
-        features = self.features(batch.tensor)
+        return self.candidates_from_features(self.features(batch.tensor), batch)
+
+    def candidates_from_features(
+        self, features: OrderedDict[str, Tensor], batch: ImageBatch
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`candidates` of the :meth:`features` of ``batch`` (computed once by callers
+        that read them again, as Mask R-CNN does)."""
         proposals, _ = self.rpn(list(features.values()), batch)
         roi_features = [features[name] for name in self.roi_levels]
         boxes, scores = self.roi_heads.candidates(roi_features, proposals, batch.image_sizes)
         return boxes, scores
+
+    def detect(self, features: OrderedDict[str, Tensor], batch: ImageBatch) -> list[Instances]:
+        """The eval forward's detections from the :meth:`features` of ``batch``: candidates
+        through :func:`select_detections` with the current ``self.inference`` settings."""
+        boxes, scores = self.candidates_from_features(features, batch)
+        return select_detections(
+            boxes,
+            scores,
+            batch.image_sizes,
+            self.inference.score_threshold,
+            self.inference.iou_threshold,
+            self.inference.max_det,
+            self.options.topk_candidates,
+        )
 
     @property
     def size_divisibility(self) -> int:

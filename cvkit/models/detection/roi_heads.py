@@ -121,7 +121,16 @@ class RoIBoxHead(nn.Module):
             box codes [K, 4] of each RoI's matched ground truth)``, ``K = sum(k_i)``; the codes
             of background RoIs are zero and never read.
         """
-        sampled_rois, labels, codes = [], [], []
+        rois, labels, codes, _ = self.sample_matched(proposals, targets)
+        return rois, labels, codes
+
+    def sample_matched(
+        self, proposals: list[Tensor], targets: list[Target]
+    ) -> tuple[list[Tensor], Tensor, Tensor, list[Tensor]]:
+        """:meth:`sample` plus, per image, the ground-truth index ``int64 [p_i]`` matched by
+        each positive RoI; the positives are the first ``p_i`` of that image's RoIs (what a
+        mask head trains on)."""
+        sampled_rois, labels, codes, positive_matches = [], [], [], []
         for image_proposals, target in zip(proposals, targets, strict=True):
             gt = target.boxes.to(image_proposals.dtype)
             rois = torch.cat([image_proposals, gt])
@@ -143,7 +152,8 @@ class RoIBoxHead(nn.Module):
             sampled_rois.append(rois[picked])
             labels.append(image_labels)
             codes.append(image_codes)
-        return sampled_rois, torch.cat(labels), torch.cat(codes)
+            positive_matches.append(matched[pos])
+        return sampled_rois, torch.cat(labels), torch.cat(codes), positive_matches
 
     def loss(
         self, features: Sequence[Tensor], proposals: list[Tensor], targets: list[Target]
@@ -157,6 +167,12 @@ class RoIBoxHead(nn.Module):
             targets: one :class:`~cvkit.structures.Target` per image.
         """
         rois, labels, codes = self.sample(proposals, targets)
+        return self.sampled_loss(features, rois, labels, codes)
+
+    def sampled_loss(
+        self, features: Sequence[Tensor], rois: list[Tensor], labels: Tensor, codes: Tensor
+    ) -> dict[str, Tensor]:
+        """:meth:`loss` of RoIs already drawn by :meth:`sample` (same arguments and results)."""
         logits, deltas = self.predict(features, boxes_to_rois(rois))
         cls = F.cross_entropy(logits.float(), labels)
         positive = torch.nonzero(labels > 0).squeeze(1)
