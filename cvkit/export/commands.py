@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cvkit.config.export import ExportConfig
+from cvkit.errors import ConfigError
 from cvkit.export.onnx import ExportResult, export_model, metadata_from_config
 from cvkit.logs import get_logger, setup_logging
 
@@ -49,6 +50,8 @@ def run_export(args: argparse.Namespace) -> int:
         fields["opset"] = args.opset
     if args.int8 or args.half:
         return _run_reduced(args, ExportConfig(**fields))
+    if args.max_drop is not None:
+        raise ConfigError("--max-drop: only --half and --int8 exports are scored and gated")
     result = export_checkpoint(args.weights, args.out, ExportConfig(**fields))
     differences = ", ".join(f"{name} {value:.2e}" for name, value in result.differences.items())
     get_logger("export").info("wrote %s (parity max differences: %s)", result.path, differences)

@@ -247,3 +247,10 @@ def test_int8_and_fp16_files_run_on_the_cuda_provider(trained, tmp_path, capsys)
         assert segmenter.provider == "CUDAExecutionProvider"
         assert segmenter.predict(np.zeros((64, 64, 3), np.uint8)).mask.shape == (64, 64)
     capsys.readouterr()
+
+
+def test_max_drop_without_a_reduced_precision_is_an_error(tiny_ssd_weights, capsys):
+    argv = ["export", "--weights", str(tiny_ssd_weights), "--max-drop", "0.01"]
+    assert main(argv) == 2
+    assert "--max-drop" in capsys.readouterr().err
+    assert not tiny_ssd_weights.with_suffix(".onnx").exists()
