@@ -214,6 +214,32 @@ class FCNConfig(Section):
     head_channels: int = Field(0, ge=0)
 
 
+class StyleConfig(Section):
+    """Options of the fast stylizer (``model.style``, task ``style``; Johnson et al.).
+
+    The transformer network has ``channels`` in its first layer and ``residual_blocks`` at the
+    lowest resolution. It learns the style of ``image`` (resized so its longer side is
+    ``style_size``, default ``data.image_size``) through a VGG loss network: weights from
+    ``vgg`` (a torchvision vgg16/vgg19 ``.pth``, never downloaded), random weights when unset
+    (texture-like results), ``loss_width_mult`` to shrink a random one. Losses: content on
+    ``content_layer``, Gram matrices on ``style_layers``, total variation, each times its weight.
+    """
+
+    image: Path | None = Field(None, description="the style image (required for task: style)")
+    vgg: Path | None = None
+    channels: int = Field(32, gt=0)
+    residual_blocks: int = Field(5, ge=0)
+    content_layer: str = "relu2_2"
+    style_layers: list[str] = Field(
+        default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3", "relu4_3"], min_length=1
+    )
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(1e5, ge=0)
+    tv_weight: float = Field(0.0, ge=0)
+    style_size: int | None = Field(None, ge=32)
+    loss_width_mult: float = Field(1.0, gt=0)
+
+
 class ModelConfig(Section):
     """Architecture, backbone and initial weights.
 
@@ -250,3 +276,4 @@ class ModelConfig(Section):
     mask_rcnn: MaskRCNNConfig = Field(default_factory=MaskRCNNConfig)
     fast_rcnn: FastRCNNConfig = Field(default_factory=FastRCNNConfig)
     rcnn: RCNNConfig = Field(default_factory=RCNNConfig)
+    style: StyleConfig = Field(default_factory=StyleConfig)

@@ -14,6 +14,7 @@ BUILTIN_TASKS = {
     "detect": "cvkit.engine.tasks.detect",
     "segment": "cvkit.engine.tasks.segment",
     "classify": "cvkit.engine.tasks.classify",
+    "style": "cvkit.engine.tasks.style",
 }
 
 

@@ -33,6 +33,7 @@ _BUILTIN_MODULES = {
     "fast_rcnn": "cvkit.models.detection.fast_rcnn",
     "rcnn": "cvkit.models.detection.rcnn",
     "fcn": "cvkit.models.segmentation.fcn",
+    "style": "cvkit.models.style",
 }
 
 

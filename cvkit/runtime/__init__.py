@@ -2,8 +2,9 @@
 
 ``Detector("model.onnx").predict(image)`` returns boxes, scores, labels and class names in the
 original image's pixels; :class:`Classifier` and :class:`Segmenter` do the same for their
-tasks. Everything needed (classes, input size, normalization, resize policy, thresholds) is read
-from the file's metadata. See :mod:`cvkit.runtime.session` for the ``providers`` choice.
+tasks, and :class:`Stylizer` returns a stylised image of the input's size. Everything needed
+(classes, input size, normalization, resize policy, thresholds) is read from the file's
+metadata. See :mod:`cvkit.runtime.session` for the ``providers`` choice.
 """
 
 from cvkit.runtime.errors import InputError, ModelFileError, ProviderError
@@ -18,6 +19,7 @@ from cvkit.runtime.predictors import (
 )
 from cvkit.runtime.results import Classification, Detections, Result, Segmentation
 from cvkit.runtime.session import OnnxModel
+from cvkit.runtime.style import Stylized, Stylizer
 
 __all__ = [
     "Classification",
@@ -33,6 +35,8 @@ __all__ = [
     "Result",
     "Segmentation",
     "Segmenter",
+    "Stylized",
+    "Stylizer",
     "load_predictor",
     "register_predictor",
 ]
