@@ -40,6 +40,7 @@ from cvkit.logs import get_logger
 from cvkit.ops.nms import padded_nms
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.session import OnnxModel
+from cvkit.structures import ImageBatch
 
 logger = get_logger("export")
 
@@ -95,7 +96,11 @@ class DetectorGraph(nn.Module):
         """``images [B, 3, H, W]`` (and any further inputs of ``candidates``, e.g. Fast
         R-CNN's padded ``proposals [B, P, 4]``) → the outputs listed in the module docstring."""
         boxes, scores = self.model.candidates(images.half() if self.half else images, *inputs)
-        boxes, scores = boxes.float(), scores.float()
+        return self.select(boxes.float(), scores.float())
+
+    def select(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, ...]:
+        """Candidates ``boxes`` (``[B, N, 4]`` or ``[B, N, C, 4]``) and ``scores [B, N, C]``
+        → the graph's outputs: themselves without NMS, else the padded NMS results."""
         if not self.nms:
             return boxes, scores
         num_pairs = scores.shape[1] * scores.shape[2]
@@ -131,6 +136,26 @@ class DetectorGraph(nn.Module):
         top_boxes = torch.gather(rows, 1, row_index.unsqueeze(-1).expand(-1, -1, 4))
         one_hot = nn.functional.one_hot(labels, num_classes).to(top_scores.dtype)
         return top_boxes, one_hot * top_scores.unsqueeze(-1)
+
+
+class MaskDetectorGraph(DetectorGraph):
+    """:class:`DetectorGraph` with NMS of a detector that also segments each detection (Mask
+    R-CNN): after NMS, the features computed once read the mask of every padded detection.
+
+    ``model`` implements ``features(images)``, ``candidates_from_features(features, batch)``
+    and ``padded_masks(features, boxes, labels)``; the graph returns ``boxes, scores, labels,
+    num_dets`` as :class:`DetectorGraph` does, plus ``masks [B, K, M, M]`` probabilities in
+    the frame of each box (rows past ``num_dets`` are padding).
+    """
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        """``images [B, 3, H, W]`` → ``boxes, scores, labels, num_dets, masks``."""
+        inputs = images.half() if self.half else images
+        features = self.model.features(inputs)
+        boxes, scores = self.model.candidates_from_features(features, ImageBatch.of(inputs))
+        boxes, scores, labels, count = self.select(boxes.float(), scores.float())
+        masks = self.model.padded_masks(features, boxes.to(inputs.dtype), labels)
+        return boxes, scores, labels, count, masks.float()
 
 
 class LogitsGraph(nn.Module):

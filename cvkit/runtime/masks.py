@@ -6,12 +6,15 @@ its box. :func:`paste_masks` resizes each into its box on an image canvas exactl
 ``paste_masks_in_image``) does — one zero pixel of padding, the box widened to match and
 truncated to integers, bilinear resizing with half-pixel centres — in float32, so the
 probabilities agree with torch's to rounding and the thresholded masks agree pixel for pixel
-away from the threshold.
+away from the threshold. :func:`masks_to_original` maps them on into an original image as the
+torch models' :meth:`~cvkit.structures.Instances.to_original` does.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from cvkit.geometry import Geometry
 
 MASK_THRESHOLD = 0.5
 """Probability above which a pasted pixel belongs to the instance."""
@@ -88,3 +91,32 @@ def paste_masks(
         resized = resize_bilinear(mask, (max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)))
         slot[top:bottom, left:right] = resized[top - y1 : bottom - y1, left - x1 : right - x1]
     return canvas if threshold is None else canvas > threshold
+
+
+def masks_to_original(
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    input_size: tuple[int, int],
+    geometry: Geometry,
+    threshold: float = MASK_THRESHOLD,
+) -> np.ndarray:
+    """RoI-resolution masks of detections in network-input pixels → ``bool [K, H, W]`` masks
+    of the original image, as the torch models return them (pasted into the input, the
+    original's region cropped and resized bilinearly to its size:
+    :meth:`cvkit.structures.Instances.to_original`), then thresholded.
+
+    Args:
+        masks: ``float32 [K, M, M]`` probabilities.
+        boxes: ``float32 [K, 4]`` xyxy network-input pixels.
+        input_size: ``(h, w)`` of the network input.
+        geometry: where the original image sits in the input.
+        threshold: original pixels strictly above it are the instance.
+    """
+    height, width = geometry.orig_size
+    (sx, sy), (ox, oy) = geometry.scale, geometry.offset
+    pasted = paste_masks(masks, boxes, input_size, threshold=None)
+    valid = pasted[:, round(oy) : round(oy + height * sy), round(ox) : round(ox + width * sx)]
+    out = np.zeros((len(valid), height, width), bool)
+    for slot, mask in zip(out, valid, strict=True):
+        slot[:] = resize_bilinear(mask, (height, width)) > threshold
+    return out

@@ -43,6 +43,9 @@ class ModelMetadata:
             (used by the graph's NMS, or by the runtime when NMS is not in the graph):
             (candidate, class) pairs above ``score_threshold``, the best ``topk_candidates``
             of them (None: all), class-aware NMS at ``iou_threshold``, ``max_det`` kept.
+        mask_size: detectors with NMS in the graph that segment (Mask R-CNN): the graph also
+            returns ``masks [B, K, mask_size, mask_size]`` probabilities in the frame of each
+            box; 0: no masks.
         model_name: the cvkit model family (``ssd``, ``classifier`` ...), for information.
         cvkit_version: version of cvkit that exported the file.
     """
@@ -59,6 +62,7 @@ class ModelMetadata:
     iou_threshold: float = 0.5
     max_det: int = 100
     topk_candidates: int | None = None
+    mask_size: int = 0
     model_name: str = ""
     cvkit_version: str = field(default="")
 

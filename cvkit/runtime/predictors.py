@@ -16,6 +16,7 @@ import numpy as np
 
 from cvkit.images import ImageSource, read_image
 from cvkit.runtime.errors import InputError, ModelFileError
+from cvkit.runtime.masks import masks_to_original
 from cvkit.runtime.metadata import ModelMetadata
 from cvkit.runtime.postprocess import (
     classification,
@@ -151,7 +152,9 @@ class Detector(Predictor):
     """Object detector: ``predict`` returns :class:`Detections` in original image pixels.
 
     Uses the graph's NMS when it has one, else applies score threshold, class-aware NMS and
-    ``max_det`` from the metadata in numpy.
+    ``max_det`` from the metadata in numpy. A graph with masks (``metadata.mask_size``) gives
+    each detection's mask in its box; it is pasted into the original image
+    (:func:`cvkit.runtime.masks.masks_to_original`) as ``Detections.masks``.
     """
 
     def _postprocess(
@@ -160,11 +163,16 @@ class Detector(Predictor):
         meta = self.metadata
         results = []
         for index, geometry in enumerate(geometries):
+            masks = None
             if meta.nms_in_graph:
                 count = int(outputs["num_dets"][index])
                 boxes = outputs["boxes"][index, :count]
                 scores = outputs["scores"][index, :count]
                 labels = outputs["labels"][index, :count].astype(np.int64)
+                if meta.mask_size:
+                    masks = masks_to_original(
+                        outputs["masks"][index, :count], boxes, meta.input_size, geometry
+                    )
             else:
                 boxes, scores, labels = select_detections(
                     outputs["boxes"][index].astype(np.float32),
@@ -180,6 +188,7 @@ class Detector(Predictor):
                     scores.astype(np.float32),
                     labels,
                     [self.classes[label] for label in labels],
+                    masks=masks,
                     orig_size=geometry.orig_size,
                 )
             )

@@ -10,9 +10,11 @@ follows ``mAP`` (AP@[.5:.95]). ``model.pretrained`` initializes the detector's b
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -23,6 +25,7 @@ from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco
 from cvkit.logs import progress
 
 if TYPE_CHECKING:
+    from cvkit.config import Config
     from cvkit.config.export import ExportConfig
     from cvkit.runtime.metadata import ModelMetadata
 
@@ -106,23 +109,39 @@ class DetectTask(Task):
         )
 
     @classmethod
+    def export_metadata(cls, config: Config, classes: list[str]) -> ModelMetadata:
+        """The base metadata, with ``mask_size`` (twice ``mask_roi_size``) for a model whose
+        section has a mask branch (``model.mask_rcnn``)."""
+        metadata = super().export_metadata(config, classes)
+        mask_roi_size = getattr(getattr(config.model, config.model.name, None), "mask_roi_size", 0)
+        return dataclasses.replace(metadata, mask_size=2 * mask_roi_size)
+
+    @classmethod
     def export_graph(
         cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     ) -> nn.Module:
         """``model.candidates`` then, with ``options.nms``, padded NMS
-        (:class:`cvkit.export.onnx.DetectorGraph`).
+        (:class:`cvkit.export.onnx.DetectorGraph`), and the masks of the detections when
+        ``metadata.mask_size`` is set (:class:`cvkit.export.onnx.MaskDetectorGraph`).
 
         Raises:
-            ExportError: the model has no ``candidates(images)`` method.
+            ExportError: the model has no ``candidates(images)`` method, or masks are asked
+                for without NMS in the graph.
         """
-        from cvkit.export.onnx import DetectorGraph
+        from cvkit.export.onnx import DetectorGraph, MaskDetectorGraph
 
         if not hasattr(model, "candidates"):
             raise ExportError(
                 f"{type(model).__name__} has no candidates(images) method; detectors must "
                 "implement it to be exported"
             )
-        return DetectorGraph(
+        if metadata.mask_size and not options.nms:
+            raise ExportError(
+                f"{type(model).__name__}: masks are computed for the detections after NMS; "
+                "export it with NMS in the graph (export.nms)"
+            )
+        graph = MaskDetectorGraph if metadata.mask_size else DetectorGraph
+        return graph(
             model,
             options.nms,
             metadata.score_threshold,
@@ -138,7 +157,8 @@ class DetectTask(Task):
         """``boxes, scores, labels, num_dets`` with NMS in the graph, else the candidates'
         ``boxes, scores``."""
         if metadata.nms_in_graph:
-            return ("boxes", "scores", "labels", "num_dets")
+            masks = ("masks",) if metadata.mask_size else ()
+            return ("boxes", "scores", "labels", "num_dets", *masks)
         return ("boxes", "scores")
 
     @classmethod
@@ -150,10 +170,20 @@ class DetectTask(Task):
         tolerances: Any,
         label: str,
     ) -> dict[str, float]:
-        """:func:`cvkit.export.onnx.compare_detections`."""
+        """:func:`cvkit.export.onnx.compare_detections`; masks of the real detections within
+        the score tolerance."""
         from cvkit.export.onnx import compare_detections
 
-        return compare_detections(expected, got, metadata, tolerances, label)
+        differences = compare_detections(expected[:4], got[:4], metadata, tolerances, label)
+        if metadata.nms_in_graph and metadata.mask_size:
+            valid = np.arange(got[4].shape[1])[None, :] < got[3][:, None]
+            diff = float(np.abs(got[4][valid] - expected[4][valid]).max(initial=0.0))
+            if diff > tolerances.score:
+                raise ExportError(
+                    f"{label}: parity check failed: masks differ from torch by up to {diff:.3g}"
+                )
+            differences["masks"] = diff
+        return differences
 
     @classmethod
     def checkpoint_predictor(cls, weights: str | Path, device: str = "auto") -> Any:

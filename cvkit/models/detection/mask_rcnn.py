@@ -10,6 +10,7 @@ detection's mask of its class is pasted into the image. The same composition as 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 
@@ -28,6 +29,7 @@ from cvkit.models.detection.mask_heads import (
     mask_loss,
     paste_masks_in_image,
 )
+from cvkit.models.detection.roi_heads import rois_from_padded
 from cvkit.ops.roi import multiscale_roi_align
 from cvkit.structures import ImageBatch, Instances, Target
 
@@ -80,6 +82,29 @@ class MaskRCNN(FasterRCNN):
             ``c``), RoIs in the order of ``torch.cat(boxes)``.
         """
         return self.mask_predictor(self.mask_head(self.mask_pool(roi_features, boxes)))
+
+    def padded_masks(
+        self, features: OrderedDict[str, Tensor], boxes: Tensor, labels: Tensor
+    ) -> Tensor:
+        """Mask probabilities of padded detections, with fixed shapes (what the exported graph
+        computes after its NMS).
+
+        Args:
+            features: :meth:`features` of the batch.
+            boxes (Tensor[B, K, 4]): xyxy input pixels; padding rows may hold anything.
+            labels (Tensor[B, K]): int64 classes 0..C-1 (padding rows any value in -1..C-1).
+
+        Returns:
+            ``Tensor[B, K, M, M]`` sigmoid probabilities of each row's class,
+            ``M = 2 * mask_roi_size``, in the frame of its box.
+        """
+        batch, count = boxes.shape[:2]
+        roi_features = [features[name] for name in self.roi_levels]
+        logits = self.mask_logits(roi_features, rois_from_padded(boxes))
+        side = logits.shape[-1]
+        channel = (labels.reshape(-1, 1, 1, 1) + 1).expand(-1, 1, side, side)
+        picked = logits.gather(1, channel)
+        return picked.float().sigmoid().reshape(batch, count, side, side)
 
     def forward(
         self, images: Tensor | ImageBatch, targets: list[Target] | None = None
