@@ -240,6 +240,19 @@ class StyleConfig(Section):
     loss_width_mult: float = Field(1.0, gt=0)
 
 
+class YOLOv1Config(Section):
+    """Options of YOLOv1 (``model.yolov1``): ``boxes_per_cell`` predictors per grid cell (the
+    grid is the last backbone stage), a 3×3 head of ``head_channels``, the loss weights
+    ``lambda_coord`` and ``lambda_noobj`` of the paper, and ``topk_candidates`` (box, class)
+    pairs per image before NMS."""
+
+    boxes_per_cell: int = Field(2, gt=0)
+    head_channels: int = Field(256, gt=0)
+    lambda_coord: float = Field(5.0, ge=0)
+    lambda_noobj: float = Field(0.5, ge=0)
+    topk_candidates: int = Field(400, gt=0)
+
+
 class ModelConfig(Section):
     """Architecture, backbone and initial weights.
 
@@ -276,4 +289,5 @@ class ModelConfig(Section):
     mask_rcnn: MaskRCNNConfig = Field(default_factory=MaskRCNNConfig)
     fast_rcnn: FastRCNNConfig = Field(default_factory=FastRCNNConfig)
     rcnn: RCNNConfig = Field(default_factory=RCNNConfig)
+    yolov1: YOLOv1Config = Field(default_factory=YOLOv1Config)
     style: StyleConfig = Field(default_factory=StyleConfig)

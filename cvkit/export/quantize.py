@@ -164,7 +164,7 @@ def calibration_images(config: Config, source: str, count: int) -> list[ImageSou
     else:
         from cvkit.engine.predict import list_images
 
-        items = list_images(part for part in source.split(",") if part)
+        items = list_images([part for part in source.split(",") if part])
     if count < 1:
         raise ConfigError(f"--calib-images: expected a positive count, got {count}")
     chosen = np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)
@@ -422,15 +422,15 @@ def export_reduced(
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = Config.model_validate(load_checkpoint(weights)["config"])
-    precision = (
-        "fp16" if int8_mode is None else ("int8" if int8_mode == "static" else "int8-dynamic")
-    )
+    precisions = {None: "fp16", "static": "int8", "dynamic": "int8-dynamic"}
+    if int8_mode not in precisions:
+        raise ConfigError(f"--int8-mode: expected 'static' or 'dynamic', got {int8_mode!r}")
+    precision = precisions[int8_mode]
+    static = int8_mode == "static"
+    images = calibration_images(config, calib, calib_images) if static else None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as folder:
         candidate = export_checkpoint(weights, Path(folder) / "exported.onnx", options).path
         if int8_mode is not None:
-            images = (
-                calibration_images(config, calib, calib_images) if int8_mode == "static" else None
-            )
             quantized = Path(folder) / "int8.onnx"
             quantize_int8(candidate, quantized, images, int8_mode)
             candidate = quantized

@@ -32,6 +32,7 @@ _BUILTIN_MODULES = {
     "mask_rcnn": "cvkit.models.detection.mask_rcnn",
     "fast_rcnn": "cvkit.models.detection.fast_rcnn",
     "rcnn": "cvkit.models.detection.rcnn",
+    "yolov1": "cvkit.models.detection.yolov1",
     "fcn": "cvkit.models.segmentation.fcn",
     "style": "cvkit.models.style",
 }

@@ -254,3 +254,11 @@ def test_max_drop_without_a_reduced_precision_is_an_error(tiny_ssd_weights, caps
     assert main(argv) == 2
     assert "--max-drop" in capsys.readouterr().err
     assert not tiny_ssd_weights.with_suffix(".onnx").exists()
+
+
+def test_a_missing_calibration_folder_is_named(tiny_ssd_weights, tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    argv = ["export", "--weights", str(tiny_ssd_weights), "--int8", "--calib", str(missing)]
+    assert main(argv) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not tiny_ssd_weights.with_suffix(".onnx").exists()
