@@ -113,8 +113,7 @@ def _level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
 def _optimizer(image: Tensor, options: GatysOptions) -> torch.optim.Optimizer:
     if options.optimizer == "lbfgs":
         lr = 1.0 if options.lr is None else options.lr
-        # tolerances off: mean-reduced losses have tiny per-pixel gradients, and the caller
-        # decides the number of steps
+        # the caller decides the number of steps: no early stop on small changes
         return torch.optim.LBFGS(
             [image],
             lr=lr,
@@ -126,21 +125,41 @@ def _optimizer(image: Tensor, options: GatysOptions) -> torch.optim.Optimizer:
     return torch.optim.Adam([image], lr=0.02 if options.lr is None else options.lr)
 
 
+def _gradient_scale(image: Tensor, loss: PerceptualLoss, content_target: Tensor) -> float:
+    """``1 / max |∂loss/∂pixel|`` at ``image``: the factor that gives L-BFGS a unit-sized
+    gradient.
+
+    Scaling the objective leaves its minimiser unchanged, but L-BFGS has absolute thresholds
+    (its curvature test ``yᵀs > 1e-10`` skips every Hessian update otherwise): with losses
+    averaged over many pixels and small weights the raw gradients are far too small for them,
+    and L-BFGS would creep along the gradient without ever building its Hessian estimate.
+    """
+    probe = image.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(sum(loss(probe, content_target).values()), probe)
+    peak = float(gradient.abs().max())
+    return 1.0 / peak if peak > 0 else 1.0
+
+
 def _step(
-    optimizer: torch.optim.Optimizer, image: Tensor, loss: PerceptualLoss, content_target: Tensor
+    optimizer: torch.optim.Optimizer,
+    image: Tensor,
+    loss: PerceptualLoss,
+    content_target: Tensor,
+    scale: float = 1.0,
 ) -> dict[str, float]:
-    """One optimiser step; returns the losses at the image the step started from."""
+    """One optimiser step on ``scale * loss``; returns the (unscaled) losses at the image
+    the step started from."""
     first: dict[str, float] = {}
 
     def closure() -> Tensor:
         optimizer.zero_grad()
         terms = loss(image, content_target)
         total = sum(terms.values())
-        total.backward()
+        (total * scale).backward()
         if not first:
             first.update({key: float(value.detach()) for key, value in terms.items()})
             first["total"] = float(total.detach())
-        return total
+        return total * scale
 
     optimizer.step(closure)
     with torch.no_grad():
@@ -183,6 +202,9 @@ def stylize(
         image = start.detach().clone().clamp(0, 1).requires_grad_(True)
         content_target = loss.content_features(target)
         optimizer = _optimizer(image, options)
+        scale = (
+            _gradient_scale(image, loss, content_target) if options.optimizer == "lbfgs" else 1.0
+        )
         bar = tqdm(
             range(options.steps),
             desc=f"style {size[0]}x{size[1]}",
@@ -190,7 +212,7 @@ def stylize(
             leave=False,
         )
         for step in bar:
-            losses = _step(optimizer, image, loss, content_target)
+            losses = _step(optimizer, image, loss, content_target, scale)
             history.append({"level": level, "step": step, **losses})
             bar.set_postfix({key: f"{losses[key]:.3g}" for key in ("content", "style", "tv")})
             if (
