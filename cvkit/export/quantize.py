@@ -283,7 +283,8 @@ class OnnxEvalModel(nn.Module):
     runtime does) runs the file in onnxruntime on the CPU and returns what the task's model
     would: for detecting tasks one :class:`~cvkit.structures.Instances` per image in input
     pixels, selected by the runtime predictor's own post-processing (the graph's NMS, or its
-    numpy selection for raw candidates); for the others the logits as a tensor. A file with a
+    numpy selection for raw candidates; instance masks, when the graph has them, pasted as 0/1
+    ``[N, H, W]``); for the others the logits as a tensor. A file with a
     fixed batch runs in chunks of that size (the last one padded).
     """
 
@@ -319,6 +320,7 @@ class OnnxEvalModel(nn.Module):
                 torch.from_numpy(found.scores),
                 torch.from_numpy(found.labels.astype(np.int64)),
                 size,
+                None if found.masks is None else torch.from_numpy(found.masks.astype(np.float32)),
             )
             for found in self.predictor._postprocess(merged, identity)
         ]
