@@ -253,6 +253,25 @@ class YOLOv1Config(Section):
     topk_candidates: int = Field(400, gt=0)
 
 
+class YOLOConfig(Section):
+    """Options of the anchor-free YOLO (``model.yolo``): ``size`` n/s/m scales the PAN neck
+    and head width (64/128/192 channels) and CSP depth (1/1/2 bottlenecks); each box side is a
+    distribution over ``reg_max + 1`` bins. The task-aligned assigner takes the ``topk`` points
+    of highest ``score^alpha * IoU^beta`` per ground truth; the losses are weighted by
+    ``cls_weight`` (BCE), ``iou_weight`` (CIoU) and ``dfl_weight``. ``topk_candidates``
+    (point, class) pairs per image enter NMS."""
+
+    size: Literal["n", "s", "m"] = "n"
+    reg_max: int = Field(16, gt=0)
+    topk: int = Field(10, gt=0)
+    alpha: float = Field(0.5, ge=0)
+    beta: float = Field(6.0, ge=0)
+    cls_weight: float = Field(0.5, ge=0)
+    iou_weight: float = Field(7.5, ge=0)
+    dfl_weight: float = Field(1.5, ge=0)
+    topk_candidates: int = Field(1000, gt=0)
+
+
 class ModelConfig(Section):
     """Architecture, backbone and initial weights.
 
@@ -290,4 +309,5 @@ class ModelConfig(Section):
     fast_rcnn: FastRCNNConfig = Field(default_factory=FastRCNNConfig)
     rcnn: RCNNConfig = Field(default_factory=RCNNConfig)
     yolov1: YOLOv1Config = Field(default_factory=YOLOv1Config)
+    yolo: YOLOConfig = Field(default_factory=YOLOConfig)
     style: StyleConfig = Field(default_factory=StyleConfig)

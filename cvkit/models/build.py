@@ -33,6 +33,7 @@ _BUILTIN_MODULES = {
     "fast_rcnn": "cvkit.models.detection.fast_rcnn",
     "rcnn": "cvkit.models.detection.rcnn",
     "yolov1": "cvkit.models.detection.yolov1",
+    "yolo": "cvkit.models.detection.yolo",
     "fcn": "cvkit.models.segmentation.fcn",
     "style": "cvkit.models.style",
 }
