@@ -1,7 +1,7 @@
-"""YOLOv1 through ONNX: exported once at batch 2 with a dynamic batch and NMS in the graph,
-the file runs at batch 1, 3 and 7, and every image's detections equal the torch model's eval
-output for that image run alone (batch 1). One image scores below the threshold everywhere,
-so an empty row is checked too."""
+"""YOLOv1 and the anchor-free YOLO through ONNX: exported once at batch 2 with a dynamic batch
+and NMS in the graph, the file runs at batch 1, 3 and 7, and every image's detections equal
+the torch model's eval output for that image run alone (batch 1). One image scores below the
+threshold everywhere, so an empty row is checked too."""
 
 import dataclasses
 
@@ -21,17 +21,26 @@ CLASSES = ["circle", "rectangle", "triangle"]
 COUNT = 7
 
 
-@pytest.fixture(scope="module")
-def yolov1():
+MODELS = {
+    "yolov1": [
+        "model.out_features=[layer3]",
+        "model.yolov1.head_channels=16",
+        "model.yolov1.topk_candidates=100",
+    ],
+    "yolo": ["model.out_features=[layer2,layer3,layer4]", "model.yolo.topk_candidates=100"],
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def detector(request):
+    overrides = MODELS[request.param]
     config = load_config(
         None,
         [
             "task=detect",
-            "model.name=yolov1",
+            f"model.name={request.param}",
             "model.backbone=resnet18_tiny",
-            "model.out_features=[layer3]",
-            "model.yolov1.head_channels=16",
-            "model.yolov1.topk_candidates=100",
+            *overrides,
             f"data.image_size={SIZE}",
             "eval.max_det=10",
         ],
@@ -40,8 +49,8 @@ def yolov1():
     return build_model(config, len(CLASSES)).eval(), config
 
 
-def test_batch_2_export_equals_torch_per_image_at_batch_1_3_7(yolov1, tmp_path):
-    model, config = yolov1
+def test_batch_2_export_equals_torch_per_image_at_batch_1_3_7(detector, tmp_path):
+    model, config = detector
     generator = torch.Generator().manual_seed(3)
     spread = torch.linspace(0.1, 3.0, COUNT)[:, None, None, None]
     images = torch.randn(COUNT, 3, SIZE, SIZE, generator=generator) * spread
@@ -55,7 +64,7 @@ def test_batch_2_export_equals_torch_per_image_at_batch_1_3_7(yolov1, tmp_path):
     assert sum(len(found) == 0 for found in alone) == 1
 
     metadata = dataclasses.replace(metadata_from_config(config, CLASSES), score_threshold=threshold)
-    path = tmp_path / "yolov1.onnx"
+    path = tmp_path / "model.onnx"
     export_model(model, path, metadata, ExportConfig(dynamic=True, nms=True), batch_size=2)
     assert any(node.op_type == "NonMaxSuppression" for node in onnx.load(str(path)).graph.node)
     session = OnnxModel(path, providers="cpu")
