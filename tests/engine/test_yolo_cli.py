@@ -1,22 +1,27 @@
-"""``cvkit train`` with ``configs/yolov1.yaml`` on a tiny synthetic set, then ``eval`` and
-``predict``: the evaluation of ``best.pt`` repeats the training's validation metrics, the run
-ends with a checked ``best.onnx`` (``export.after_train``), and the torch-free runtime's
-detections on it equal those of the checkpoint."""
+"""``cvkit train`` with ``configs/yolov1.yaml`` and ``configs/yolo.yaml`` on a tiny synthetic
+set, then ``eval``: the evaluation of ``best.pt`` repeats the training's validation metrics,
+the run ends with a checked ``best.onnx`` (``export.after_train``), and the torch-free
+runtime's detections on it equal those of the checkpoint."""
 
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import cvkit
 from cvkit.cli import main
 from cvkit.logs import setup_logging
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "yolov1.yaml")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+NARROW = {"yolov1": "model.yolov1.head_channels=16", "yolo": "model.yolo.reg_max=8"}
 
 
-def test_yolov1_trains_evaluates_and_exports_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("name", ["yolov1", "yolo"])
+def test_trains_evaluates_and_exports_from_the_command_line(name, tmp_path):
     from cvkit.runtime import Detector
+
+    config = str(CONFIGS / f"{name}.yaml")
 
     overrides = [
         "data.synthetic.num_train=4",
@@ -26,7 +31,7 @@ def test_yolov1_trains_evaluates_and_exports_from_the_command_line(tmp_path):
         "data.batch_size=4",
         "data.workers=0",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "model.yolov1.head_channels=16",
+        NARROW[name],
         "train.epochs=2",
         "train.val_every=1",
         "train.threads=1",
@@ -34,10 +39,10 @@ def test_yolov1_trains_evaluates_and_exports_from_the_command_line(tmp_path):
     ]
     run = tmp_path / "run"
     try:
-        train = ["train", "--cfg", CONFIG, "--out", str(run), "--json", str(tmp_path / "t.json")]
+        train = ["train", "--cfg", config, "--out", str(run), "--json", str(tmp_path / "t.json")]
         assert main([*train, "--set", *overrides]) == 0
         weights = run / "weights" / "best.pt"
-        evaluate = ["eval", "--cfg", CONFIG, "--weights", str(weights)]
+        evaluate = ["eval", "--cfg", config, "--weights", str(weights)]
         assert main([*evaluate, "--json", str(tmp_path / "e.json"), "--set", *overrides]) == 0
     finally:
         setup_logging()  # detach the run folder's log file
