@@ -66,6 +66,27 @@ def test_one_step_lowers_the_total_loss(network):
         assert result.history[0]["total"] == pytest.approx(float(before), rel=1e-5)
 
 
+def test_lbfgs_does_not_depend_on_the_scale_of_the_loss(network):
+    # the same objective times 1e-4 must take the same path (L-BFGS's absolute thresholds
+    # would otherwise stall it on small, mean-reduced losses)
+    content, style = _image(8), _image(9)
+    results = []
+    for factor in (1.0, 1e-4):
+        loss = PerceptualLoss(
+            network,
+            [style],
+            content_weight=factor,
+            style_weight=1e3 * factor,
+            tv_weight=factor,
+        )
+        results.append(stylize(content, loss, GatysOptions(steps=6, progress=False)))
+    moved = float((results[0].image - content).abs().max())
+    apart = float((results[0].image - results[1].image).abs().max())
+    assert apart < 0.05 * moved  # rounding differences only, against a clear change
+    for result in results:
+        assert result.history[-1]["total"] < 0.9 * result.history[0]["total"]
+
+
 def test_content_only_run_converges_to_the_content_image(network):
     # a smooth image (random 4x4 upsampled): what a shallow random network can pin down
     coarse = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3))
