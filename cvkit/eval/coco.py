@@ -1,10 +1,12 @@
-"""COCO box mAP: detections → COCO results JSON → AP@[.5:.95], AP50, AP75, APs/m/l, per class.
+"""COCO box and mask mAP: detections → COCO results JSON → AP@[.5:.95], AP50, AP75, APs/m/l,
+per class.
 
 Detections use cvkit's convention (``boxes [N, 4]`` xyxy in original-image pixels, ``labels``
-contiguous ``0..C-1``); :func:`detections_to_coco` converts them to COCO's result format
-(``bbox`` = ``[x, y, w, h]``, ``category_id`` from the dataset's map). :func:`evaluate_coco`
-scores them against a COCO ground-truth dict with faster-coco-eval (C++, default) or the
-reference pycocotools; both return the same numbers.
+contiguous ``0..C-1``, optional ``masks [N, H, W]`` in original pixels); :func:`detections_to_coco`
+converts them to COCO's result format (``bbox`` = ``[x, y, w, h]``, ``segmentation`` = compressed
+RLE when there are masks, ``category_id`` from the dataset's map). :func:`evaluate_coco` scores
+boxes (``iou_type="bbox"``) or masks (``"segm"``) against a COCO ground-truth dict with
+faster-coco-eval (C++, default) or the reference pycocotools; both return the same numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from cvkit.errors import DatasetError
 
 Backend = Literal["faster", "pycocotools"]
+IouType = Literal["bbox", "segm"]
 
 
 @dataclass
@@ -45,8 +48,9 @@ class CocoMetrics:
     per_class: dict[str, float] = field(default_factory=dict)
     per_class_ap50: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float]:
-        """Flat metrics: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small|medium|large``, ``AP/<name>``.
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """Flat metrics: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small|medium|large``, ``AP/<name>``,
+        each key behind ``prefix`` (``segm_`` for mask metrics).
 
         NaN marks a metric without ground truth to score.
         """
@@ -59,7 +63,7 @@ class CocoMetrics:
             "mAP_large": self.APl,
         }
         metrics.update({f"AP/{name}": value for name, value in self.per_class.items()})
-        return metrics
+        return {f"{prefix}{key}": value for key, value in metrics.items()}
 
     def table(self) -> str:
         """A plain-text report: the summary line and one row per class."""
@@ -85,15 +89,19 @@ def detections_to_coco(
         detections: per image, a :class:`~cvkit.structures.Instances`, a runtime
             :class:`~cvkit.runtime.results.Detections` or a dict with ``boxes`` (Tensor/array
             [N, 4], xyxy in original image pixels), ``scores`` [N] and ``labels`` [N]
-            (contiguous 0..C-1).
+            (contiguous 0..C-1), optionally ``masks`` [N, H, W] in original image pixels
+            (boolean, or probabilities that count as foreground above 0.5).
         image_ids: COCO ``image_id`` of each image, same order as ``detections``.
         category_ids: COCO category id of each contiguous label.
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``, with
+        ``"segmentation": {"size": [H, W], "counts": str}`` (compressed RLE) for detections
+        that have masks.
 
     Raises:
-        DatasetError: a label outside ``0..len(category_ids)-1``.
+        DatasetError: a label outside ``0..len(category_ids)-1``, or masks whose count
+            differs from the boxes'.
     """
     lookup = np.asarray(category_ids, dtype=np.int64)
     results = []
@@ -107,16 +115,46 @@ def detections_to_coco(
                 f"image {image_id}: label {int(labels.max())} outside 0..{len(lookup) - 1}"
             )
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(lookup[label]),
-                    "bbox": box,
-                    "score": score,
-                }
-            )
+        masks = fields.get("masks")
+        rles = mask_rles(_numpy(masks)) if masks is not None else None
+        if rles is not None and len(rles) != len(boxes):
+            raise DatasetError(f"image {image_id}: {len(rles)} masks for {len(boxes)} boxes")
+        for index, (box, score, label) in enumerate(
+            zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True)
+        ):
+            record = {
+                "image_id": int(image_id),
+                "category_id": int(lookup[label]),
+                "bbox": box,
+                "score": score,
+            }
+            if rles is not None:
+                record["segmentation"] = rles[index]
+            results.append(record)
     return results
+
+
+def mask_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Compressed COCO RLEs of instance masks.
+
+    Args:
+        masks: ``[N, H, W]`` boolean, or float probabilities (foreground above 0.5).
+
+    Returns:
+        One ``{"size": [H, W], "counts": str}`` per mask (JSON-friendly, what COCO results and
+        ``predictions.json`` hold).
+    """
+    from pycocotools import mask as mask_utils
+
+    masks = np.asarray(masks)
+    binary = masks if masks.dtype == bool else masks > 0.5
+    if not len(binary):
+        return []
+    encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    return [
+        {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        for rle in encoded
+    ]
 
 
 def evaluate_coco(
@@ -124,20 +162,37 @@ def evaluate_coco(
     results: list[dict[str, Any]],
     class_names: Sequence[str] | None = None,
     backend: Backend = "faster",
+    iou_type: IouType = "bbox",
 ) -> CocoMetrics:
-    """Box mAP of ``results`` against ``ground_truth``.
+    """Box (``iou_type="bbox"``) or mask (``"segm"``) mAP of ``results`` against ``ground_truth``.
 
     Args:
-        ground_truth: a COCO dict (``images``, ``annotations`` with ``bbox``/``area``/``iscrowd``,
-            ``categories``) in original image pixels.
-        results: COCO result records (see :func:`detections_to_coco`).
+        ground_truth: a COCO dict (``images``, ``annotations`` with ``bbox``/``area``/``iscrowd``
+            and, for ``segm``, ``segmentation``, ``categories``) in original image pixels. For
+            ``segm``, an annotation without ``segmentation`` counts as its filled box (what
+            training uses for it).
+        results: COCO result records (see :func:`detections_to_coco`); for ``segm`` each needs
+            a ``segmentation`` RLE, whose area decides small/medium/large.
         class_names: names for the per-class table, in category-id order (default: the
             ground truth's category names).
         backend: ``faster`` (faster-coco-eval) or ``pycocotools``.
+        iou_type: ``bbox`` or ``segm``.
 
     Returns:
         The metrics; all zero when there are no detections.
+
+    Raises:
+        DatasetError: an unknown ``iou_type``, or a ``segm`` result without ``segmentation``.
     """
+    if iou_type not in ("bbox", "segm"):
+        raise DatasetError(f"iou_type {iou_type!r}: expected 'bbox' or 'segm'")
+    if iou_type == "segm":
+        missing = [r["image_id"] for r in results if "segmentation" not in r]
+        if missing:
+            raise DatasetError(
+                f"segm evaluation: {len(missing)} results without 'segmentation' "
+                f"(first in image {missing[0]})"
+            )
     categories = sorted(ground_truth.get("categories", []), key=lambda c: c["id"])
     names = list(class_names) if class_names is not None else [c["name"] for c in categories]
     if len(names) != len(categories):
@@ -150,7 +205,7 @@ def evaluate_coco(
             for name, c in zip(names, categories, strict=True)
         }
         return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, zeros, dict(zeros))
-    evaluator = _run(ground_truth, results, backend)
+    evaluator = _run(ground_truth, results, backend, iou_type)
     stats = [_nan_if_missing(float(v)) for v in evaluator.stats[:6]]
     precision = np.asarray(evaluator.eval["precision"])  # [IoU T, recall R, class K, area A, M]
     cat_ids = list(evaluator.params.catIds)
@@ -162,16 +217,30 @@ def evaluate_coco(
     return CocoMetrics(*stats, per_class=per_class, per_class_ap50=per_class_ap50)
 
 
-def _run(ground_truth: dict[str, Any], results: list[dict[str, Any]], backend: Backend) -> Any:
+def _run(
+    ground_truth: dict[str, Any],
+    results: list[dict[str, Any]],
+    backend: Backend,
+    iou_type: IouType = "bbox",
+) -> Any:
     gt_dict = copy.deepcopy(ground_truth)
     gt_dict.setdefault("info", {})
     gt_dict.setdefault("licenses", [])
+    # Each iou type loads only its own geometry: segm results without ``bbox`` take their
+    # area (small/medium/large) from the mask, as COCO's segm results do.
+    other = "bbox" if iou_type == "segm" else "segmentation"
+    results = [{k: v for k, v in r.items() if k != other} for r in results]
+    if iou_type == "segm":
+        for ann in gt_dict["annotations"]:
+            if not ann.get("segmentation"):
+                x, y, w, h = ann["bbox"]
+                ann["segmentation"] = [[x, y, x, y + h, x + w, y + h, x + w, y]]
     if backend == "faster":
         from faster_coco_eval import COCO, COCOeval_faster
 
         gt = COCO(gt_dict)
         evaluator = COCOeval_faster(
-            gt, gt.loadRes(copy.deepcopy(results)), "bbox", print_function=lambda *args: None
+            gt, gt.loadRes(results), iou_type, print_function=lambda *args: None
         )
         evaluator.evaluate()
         evaluator.accumulate()
@@ -184,7 +253,7 @@ def _run(ground_truth: dict[str, Any], results: list[dict[str, Any]], backend: B
         gt = COCO()
         gt.dataset = gt_dict
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+        evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

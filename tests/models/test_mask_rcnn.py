@@ -309,58 +309,41 @@ def _painted(count: int, size: int = 64) -> tuple[torch.Tensor, list[Target]]:
     return (images - 0.5) / 0.25, targets
 
 
-def _segm_map50(masks: list[np.ndarray], labels, scores, targets: list[Target]) -> float:
-    """COCO segm AP@.5 by pycocotools on RLEs of the predicted and ground-truth masks."""
-    import contextlib
-    import io
+def _segm_map50(detections: list, targets: list[Target]) -> float:
+    """COCO segm AP@.5 (cvkit's evaluation, = pycocotools': tests/eval/test_coco_segm.py) of the
+    predicted masks against the targets' masks."""
+    from cvkit.eval.coco import detections_to_coco, evaluate_coco, mask_rles
 
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    def rle(mask: np.ndarray) -> dict:
-        return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-
-    annotations, results = [], []
+    annotations = []
     for image_id, target in enumerate(targets):
-        for mask, label in zip(target.masks.numpy(), target.labels.tolist(), strict=True):
-            encoded = rle(mask)
+        masks = target.masks.numpy().astype(bool)
+        for rle, area, box, label in zip(
+            mask_rles(masks),
+            masks.sum((1, 2)).tolist(),
+            target.boxes.tolist(),
+            target.labels.tolist(),
+            strict=True,
+        ):
+            x1, y1, x2, y2 = box
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": label + 1,
-                    "segmentation": encoded,
-                    "area": float(mask_utils.area(encoded)),
-                    "bbox": mask_utils.toBbox(encoded).tolist(),
+                    "segmentation": rle,
+                    "area": float(area),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "iscrowd": 0,
                 }
             )
-        for mask, label, score in zip(
-            masks[image_id], labels[image_id], scores[image_id], strict=True
-        ):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "segmentation": rle(mask),
-                    "score": float(score),
-                }
-            )
     size = int(targets[0].masks.shape[-1])
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO()
-        ground_truth.dataset = {
-            "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
-            "annotations": annotations,
-            "categories": [{"id": c} for c in (1, 2, 3)],
-        }
-        ground_truth.createIndex()
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return float(evaluator.stats[1])
+    ground_truth = {
+        "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
+    }
+    results = detections_to_coco(detections, list(range(len(targets))), [1, 2, 3])
+    return evaluate_coco(ground_truth, results, iou_type="segm").AP50
 
 
 STEPS = 40
@@ -380,7 +363,4 @@ def test_mask_rcnn_overfits_four_images_to_segm_map50_above_0_9():
     model.eval()
     with torch.no_grad():
         detections = model(images)
-    masks = [(d.masks > 0.5).numpy() for d in detections]
-    labels = [d.labels.numpy() for d in detections]
-    scores = [d.scores.numpy() for d in detections]
-    assert _segm_map50(masks, labels, scores, targets) > 0.9
+    assert _segm_map50(detections, targets) > 0.9

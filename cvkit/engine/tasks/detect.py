@@ -5,7 +5,9 @@ Validation runs ``model(images)`` in eval mode (one :class:`~cvkit.structures.In
 image), maps each image's boxes from network-input pixels back to original pixels with the
 target's :class:`~cvkit.geometry.Geometry` (:meth:`Instances.to_original`), and scores them against
 ``dataset.coco_ground_truth()`` with :func:`cvkit.eval.coco.evaluate_coco`. ``best.pt``
-follows ``mAP`` (AP@[.5:.95]). ``model.pretrained`` initializes the detector's backbone.
+follows ``mAP`` (AP@[.5:.95]). A model whose detections carry masks (Mask R-CNN) is also
+scored on them (COCO ``segm``) against the split's segmentations: ``segm_mAP``, ``segm_mAP50`` ...
+``model.pretrained`` initializes the detector's backbone.
 """
 
 from __future__ import annotations
@@ -50,10 +52,14 @@ class DetectTask(Task):
         plots: str | Path | None = None,
     ) -> dict[str, float]:
         """COCO metrics as a flat dict: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ...,
-        ``AP/<class>``; with ``plots``, the detection plots are written there too."""
-        return self.evaluate_coco(model, loader, device, plots).as_dict()
+        ``AP/<class>``, and the same behind ``segm_`` for a model with masks; with ``plots``,
+        the detection plots (boxes) are written there too."""
+        metrics = self.evaluate_coco_types(model, loader, device, plots)
+        out = metrics["bbox"].as_dict()
+        if "segm" in metrics:
+            out.update(metrics["segm"].as_dict("segm_"))
+        return out
 
-    @torch.no_grad()
     def evaluate_coco(
         self,
         model: nn.Module,
@@ -61,7 +67,19 @@ class DetectTask(Task):
         device: torch.device,
         plots: str | Path | None = None,
     ) -> CocoMetrics:
-        """Run ``model`` (eval mode) over ``loader`` and score it with COCO mAP.
+        """The box metrics of :meth:`evaluate_coco_types`."""
+        return self.evaluate_coco_types(model, loader, device, plots)["bbox"]
+
+    @torch.no_grad()
+    def evaluate_coco_types(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        plots: str | Path | None = None,
+    ) -> dict[str, CocoMetrics]:
+        """Run ``model`` (eval mode) over ``loader`` and score it with COCO mAP: ``{"bbox": ...}``
+        plus ``"segm"`` when the detections carry masks.
 
         With ``plots`` (a folder), :func:`cvkit.eval.plots.write_detection_plots` draws the PR
         curves, the confusion matrix and the worst images of the same detections there.
@@ -69,10 +87,12 @@ class DetectTask(Task):
         A model with an ``inference`` attribute (score threshold, NMS IoU, ``max_det``) gets
         this task's ``eval:`` section first, so ``--set eval.score_threshold=...`` applies.
         ``loader.dataset`` must provide ``coco_ground_truth()`` (original pixels) and, for
-        non-trivial category maps, ``category_ids`` (contiguous label → COCO category id).
+        non-trivial category maps, ``category_ids`` (contiguous label → COCO category id); mask
+        scoring needs its ``records`` (the segmentations; objects without one count as their
+        box, as in training).
 
         Raises:
-            DatasetError: the dataset cannot provide COCO ground truth.
+            DatasetError: the dataset cannot provide COCO ground truth (or, for masks, records).
         """
         dataset = loader.dataset
         if not hasattr(dataset, "coco_ground_truth"):
@@ -87,26 +107,31 @@ class DetectTask(Task):
         if hasattr(model, "inference"):
             # Thresholds are this run's eval settings, not the ones frozen into the checkpoint.
             model.inference = self.config.eval
-        detections, image_ids = [], []
+        results, has_masks = [], False
         for images, targets in progress(loader, desc="val", lines=1):
             outputs = model(images.to(device))
             for output, target in zip(outputs, targets, strict=True):
-                detections.append(output.to_original(target.geometry))
-                image_ids.append(target.image_id)
-        results = detections_to_coco(detections, image_ids, category_ids)
+                # Converted per image: masks at the original size would not fit for a whole split.
+                detection = output.to_original(target.geometry)
+                has_masks |= getattr(detection, "masks", None) is not None
+                results += detections_to_coco([detection], [target.image_id], category_ids)
         backend = self.config.eval.coco_backend
         if plots is not None:
             from cvkit.eval.plots import write_detection_plots
 
             records = getattr(dataset, "records", None)
             write_detection_plots(plots, ground_truth, results, records, backend=backend)
-        return evaluate_coco(ground_truth, results, backend=backend)
+        metrics = {"bbox": evaluate_coco(ground_truth, results, backend=backend)}
+        if has_masks:
+            metrics["segm"] = evaluate_coco(
+                _segm_ground_truth(dataset), results, backend=backend, iou_type="segm"
+            )
+        return metrics
 
     def describe(self, metrics: dict[str, Any]) -> str:
-        """``mAP 0.5123 mAP50 0.8012 mAP75 0.5544``."""
-        return " ".join(
-            f"{key} {metrics[key]:.4f}" for key in ("mAP", "mAP50", "mAP75") if key in metrics
-        )
+        """``mAP 0.5123 mAP50 0.8012 mAP75 0.5544`` (then ``segm_mAP ...`` with masks)."""
+        keys = ("mAP", "mAP50", "mAP75", "segm_mAP", "segm_mAP50", "segm_mAP75")
+        return " ".join(f"{key} {metrics[key]:.4f}" for key in keys if key in metrics)
 
     @classmethod
     def export_metadata(cls, config: Config, classes: list[str]) -> ModelMetadata:
@@ -221,3 +246,15 @@ class DetectTask(Task):
         json_path = writer.finish()
         print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
         return json_path
+
+
+def _segm_ground_truth(dataset: Any) -> dict[str, Any]:
+    """``dataset``'s COCO ground truth with the segmentations (original pixels)."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise DatasetError(
+            f"{type(dataset).__name__}: mask (segm) validation needs the dataset's records"
+        )
+    from cvkit.data.formats.coco import coco_dict
+
+    return coco_dict(records, include_segmentation=True)
