@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cvkit.data.visualize import draw_detections
+from cvkit.data.visualize import COLOURS, draw_detections
 from cvkit.errors import DatasetError
 from cvkit.images import IMAGE_SUFFIXES, read_image
 from cvkit.runtime.results import Classification, Detections
@@ -116,7 +116,8 @@ class CheckpointDetector(CheckpointModel):
 
     Images go through the validation path: the config's eval pre-processing
     (``data.resize`` to ``data.image_size``, ``data.mean``/``data.std``), the model in eval
-    mode, and boxes mapped back to original pixels as validation maps them.
+    mode, and boxes (and the masks of a Mask R-CNN, foreground above 0.5) mapped back to
+    original pixels as validation maps them.
 
     Args:
         weights: checkpoint written by ``cvkit train``; the model is rebuilt from it alone.
@@ -130,12 +131,14 @@ class CheckpointDetector(CheckpointModel):
         for output, sample, image in zip(outputs, fitted, images, strict=True):
             mapped = output.to_original(sample.geometry)
             labels = mapped.labels.numpy().astype(np.int64)
+            masks = None if mapped.masks is None else (mapped.masks > 0.5).numpy()
             predictions.append(
                 Detections(
                     mapped.boxes.numpy(),
                     mapped.scores.numpy(),
                     labels,
                     [self.classes[label] for label in labels],
+                    masks,
                     orig_size=image.shape[:2],
                 )
             )
@@ -193,21 +196,25 @@ class CheckpointClassifier(CheckpointModel):
 
 
 def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
-    """One image's entry of ``predictions.json``."""
-    return {
-        "image": str(path),
-        "detections": [
-            {
-                "box": [round(float(v), 2) for v in box],
-                "score": round(float(score), 5),
-                "label": int(label),
-                "class": classes[label],
-            }
-            for box, score, label in zip(
-                prediction.boxes, prediction.scores, prediction.labels, strict=True
-            )
-        ],
-    }
+    """One image's entry of ``predictions.json``; each detection of a model with masks also
+    has ``mask``: compressed COCO RLE (``counts`` str, ``size`` ``[H, W]``) in original pixels."""
+    detections = [
+        {
+            "box": [round(float(v), 2) for v in box],
+            "score": round(float(score), 5),
+            "label": int(label),
+            "class": classes[label],
+        }
+        for box, score, label in zip(
+            prediction.boxes, prediction.scores, prediction.labels, strict=True
+        )
+    ]
+    if prediction.masks is not None:
+        from cvkit.eval.coco import mask_rles
+
+        for detection, rle in zip(detections, mask_rles(prediction.masks), strict=True):
+            detection["mask"] = rle
+    return {"image": str(path), "detections": detections}
 
 
 class OutputFolder:
@@ -249,7 +256,9 @@ class PredictionWriter(OutputFolder):
     """Writes ``<out>/<image stem>.png`` (detections drawn) per image and ``predictions.json``.
 
     The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
-    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels.
+    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels; with
+    masks, each detection adds ``mask`` (RLE, :func:`prediction_record`) and the drawing blends
+    each instance's mask in its own colour.
 
     Args:
         out: output folder (created).
@@ -259,6 +268,11 @@ class PredictionWriter(OutputFolder):
     def add(self, path: Path, image: np.ndarray, prediction: Detections) -> Path:
         """Draw one image's detections to a PNG and record them; returns the PNG's path."""
         drawing = self.out / f"{self._unique_stem(path)}.png"
+        if prediction.masks is not None:
+            image = image.copy()
+            for index, mask in enumerate(np.asarray(prediction.masks, bool)):
+                colour = COLOURS[index % len(COLOURS)].astype(np.float32)
+                image[mask] = (0.55 * image[mask] + 0.45 * colour).astype(np.uint8)
         drawn = draw_detections(
             image, prediction.boxes, prediction.labels, self.classes, scores=prediction.scores
         )
