@@ -29,3 +29,13 @@ def torchvision_file(tmp_path: Path) -> Callable[..., tuple[nn.Module, Path]]:
         return reference, path
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on 2 shared cores, two threads of small convolutions
+    thrash (the YOLO overfit tests: 1.3 s against 0.14 s per step)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

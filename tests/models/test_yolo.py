@@ -93,15 +93,6 @@ def _squares(count: int, size: int = 64) -> tuple[torch.Tensor, list[Target]]:
     return (images - 0.5) / 0.25, targets
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on 2 shared cores, two threads of small convolutions thrash."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_yolo_overfits_four_images_to_map50_above_0_9(one_thread):
     from cvkit.eval.coco import detections_to_coco, evaluate_coco
 

@@ -122,15 +122,6 @@ def _coco_dataset(targets: list[Target], size: int, num_classes: int) -> dict:
     }
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on 2 shared cores, two threads of small convolutions thrash."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_yolov1_overfits_four_images_to_map50_above_0_9(one_thread):
     from cvkit.eval.coco import detections_to_coco, evaluate_coco
 
