@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 from cvkit.cli import main
 from cvkit.config import config_to_dict, load_config
 from cvkit.data.synthetic import render_sample
+from cvkit.data.visualize import save_png
 from cvkit.engine.checkpoint import save_checkpoint
 from cvkit.export.commands import export_checkpoint
 from cvkit.models.build import build_model
@@ -28,16 +29,11 @@ def weights(tmp_path_factory):
     """A seeded, untrained small Mask R-CNN (its detections and masks are arbitrary but
     deterministic); its mask logits are scaled up so that the masks have shape and few pixels
     sit near the 0.5 threshold."""
-    options = {
-        "fpn_channels": 16,
-        "representation_size": 32,
-        "mask_layers": "[8,8,8,8]",
-        "mask_dim_reduced": 8,
-        "rpn.pre_nms_top_n_test": 200,
-        "rpn.post_nms_top_n_test": 50,
-        "topk_candidates": 100,
-    }
-    settings = [f"model.mask_rcnn.{key}={value}" for key, value in options.items()]
+    small = (
+        "fpn_channels=16 representation_size=32 mask_layers=[8,8] mask_dim_reduced=8 "
+        "rpn.pre_nms_top_n_test=100 rpn.post_nms_top_n_test=30 topk_candidates=60"
+    )
+    settings = [f"model.mask_rcnn.{option}" for option in small.split()]
     config = load_config(CONFIG, ["data.image_size=96", "eval.max_det=10", *settings])
     torch.manual_seed(0)
     model = build_model(config, len(CLASSES)).eval()
@@ -52,13 +48,11 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """Two non-square crops (60x90 and 100x70) of one synthetic shapes image."""
+    """A wide (60x90) and a tall (100x70) synthetic shapes image."""
     folder = tmp_path_factory.mktemp("images")
-    bgr = cv2.cvtColor(
-        render_sample(np.random.default_rng(0), image_size=100).image, cv2.COLOR_RGB2BGR
-    )
-    cv2.imwrite(str(folder / "wide.png"), bgr[:60, :90])
-    cv2.imwrite(str(folder / "tall.png"), bgr[:, 30:])
+    rendered = render_sample(np.random.default_rng(1), image_size=100).image
+    save_png(np.ascontiguousarray(rendered[:60, 5:95]), folder / "wide.png")
+    save_png(np.ascontiguousarray(rendered[:, 20:90]), folder / "tall.png")
     return folder
 
 
