@@ -150,7 +150,7 @@ class YOLO(Detector):
         logits, box_logits, points, strides = self.predict(images)
         boxes = distances_to_boxes(points, expected_distances(box_logits), strides)
         height, width = images.shape[-2], images.shape[-1]
-        # clipped by broadcasting, which keeps an exported graph's batch dynamic
+        # clipped by broadcasting, no reshape: see YOLOv1.candidates
         limits = boxes.new_tensor([width, height, width, height])
         return torch.minimum(boxes.clamp(min=0), limits), logits.sigmoid()
 

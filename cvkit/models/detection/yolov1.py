@@ -186,8 +186,8 @@ class YOLOv1(Detector):
         boxes, confidence, class_probs = self.predict(images)
         height, width = images.shape[-2], images.shape[-1]
         pixels = decode_grid(boxes, (height, width)).flatten(1, 3)
-        # clipped by broadcasting: ops.boxes.clip_boxes reshapes, and the traced reshape
-        # would fix the batch of an exported graph
+        # clipped by broadcasting: through ops.boxes.clip_boxes, the traced reshape of this
+        # graph kept the export's batch (exported at 2, it failed at batch 3)
         limits = pixels.new_tensor([width, height, width, height])
         pixels = torch.minimum(pixels.clamp(min=0), limits)
         scores = confidence[..., None] * class_probs[..., None, :]
