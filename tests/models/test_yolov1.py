@@ -37,6 +37,21 @@ def test_loss_equals_hand_computation_on_a_2x2_grid():
     assert losses["cls"].item() == pytest.approx(cls, rel=1e-5)
 
 
+@pytest.mark.parametrize("order", [[0, 1], [1, 0]])
+def test_a_cell_with_two_centres_trains_the_larger_object(order):
+    # both centres in cell (0, 0) of a 2×2 grid over 64 px; the larger one has label 1
+    boxes = torch.tensor([[12.0, 12.0, 20.0, 20.0], [4.0, 4.0, 28.0, 28.0]])[order]
+    labels = torch.tensor([0, 1])[order]
+    target = Target(boxes, labels, Geometry((64, 64), (1.0, 1.0)))
+    predicted = torch.full((1, 2, 2, 2, 4), 0.5)
+    class_probs = torch.tensor([0.0, 1.0]).expand(1, 2, 2, 2)
+    losses = yolov1_loss(predicted, torch.zeros(1, 2, 2, 2), class_probs, [target], (64, 64))
+    assert losses["cls"].item() == 0.0
+    # the larger box's code: centre (16, 16) → x = y = 0.5, √w = √h = √(24 / 64)
+    expected = 5.0 * 2 * (0.5 - math.sqrt(24 / 64)) ** 2
+    assert losses["box"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_decode_grid_places_a_box_in_its_cell():
     boxes = torch.zeros(1, 2, 2, 1, 4)
     boxes[0, 1, 0, 0] = torch.tensor([0.5, 0.25, 0.5, 0.5])
