@@ -15,7 +15,7 @@ at ``--sizes`` (square, default 256 and 512 px), in one process, with ``--thread
 
 Writes ``benchmarks/results/style.md`` and ``style_loss.png`` (Gatys losses per step).
 
-    python benchmarks/bench_style.py [--sizes 256 512] [--steps 15 3] [--threads 2]
+    python benchmarks/bench_style.py [--sizes 256 512] [--steps 50 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def plot(histories: dict[int, list[dict[str, float]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--steps", type=int, nargs="+", default=[15, 3], help="per size")
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 3], help="per size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "style.md")
