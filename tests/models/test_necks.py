@@ -149,8 +149,8 @@ def test_registry_lists_builds_and_rejects():
     assert {"fpn", "ssd_extras"} <= set(list_necks())
     shapes = OrderedDict([("x", ShapeSpec(8, 4))])
     assert isinstance(build_neck("ssd_extras", shapes, num_blocks=1), SSDExtras)
-    with pytest.raises(ConfigError, match=r"unknown neck 'pan'.*fpn"):
-        build_neck("pan", shapes)
+    with pytest.raises(ConfigError, match=r"unknown neck 'bifpn'.*fpn"):
+        build_neck("bifpn", shapes)
     with pytest.raises(ConfigError, match=r"neck 'fpn'.*out_chanels"):
         build_neck("fpn", shapes, out_chanels=8)
     with pytest.raises(ConfigError, match=r"fpn: out_channels"):
