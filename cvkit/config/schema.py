@@ -22,7 +22,8 @@ class Config(Section):
     """A whole run: task, seed, device and one model per section.
 
     ``task`` is any task registered with :func:`cvkit.engine.tasks.register_task` (the
-    built-in ``detect``, ``segment``, ``classify`` are known without importing torch).
+    built-in ``detect``, ``segment``, ``classify`` and ``style`` of :data:`BUILTIN_TASKS` are
+    known without importing torch).
     ``device`` is ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
