@@ -8,14 +8,17 @@ training, :class:`~cvkit.structures.Instances` per image in eval) and ``candidat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from cvkit.config import Config
 from cvkit.config.eval import EvalConfig
 from cvkit.models.backbones import Backbone, create_backbone
+from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.transfer import body_head_groups
+from cvkit.structures import Instances
 
 
 class Detector(nn.Module):
@@ -57,6 +60,33 @@ class Detector(nn.Module):
             config.eval,
             cfg.body_lr_mult,
             cfg.head_lr_mult,
+        )
+
+    def select(
+        self, boxes: Tensor, scores: Tensor, image_sizes: Sequence[tuple[int, int]]
+    ) -> list[Instances]:
+        """The eval output from pre-NMS candidates, with the inference settings read now.
+
+        Args:
+            boxes: ``[B, N, 4]`` (shared by the classes) or ``[B, N, C, 4]`` (per class) xyxy
+                input pixels.
+            scores: ``[B, N, C]`` class scores.
+            image_sizes: ``(height, width)`` of each image (detections are clipped to it).
+
+        Returns:
+            One :class:`~cvkit.structures.Instances` per image:
+            :func:`~cvkit.models.detection.postprocess.select_detections` at
+            ``self.inference`` (score threshold, NMS IoU, ``max_det``) and the detector's
+            ``self.options.topk_candidates``.
+        """
+        return select_detections(
+            boxes,
+            scores,
+            image_sizes,
+            self.inference.score_threshold,
+            self.inference.iou_threshold,
+            self.inference.max_det,
+            self.options.topk_candidates,
         )
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ from cvkit.config.model import FasterRCNNConfig
 from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.base import Detector
-from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.detection.roi_heads import FastRCNNPredictor, RoIBoxHead, TwoMLPHead
 from cvkit.models.detection.rpn import RegionProposalNetwork
 from cvkit.models.necks import backbone_shapes, build_neck
@@ -148,15 +147,7 @@ class FasterRCNN(Detector):
         """The eval forward's detections from the :meth:`features` of ``batch``: candidates
         through :func:`select_detections` with the current ``self.inference`` settings."""
         boxes, scores = self.candidates_from_features(features, batch)
-        return select_detections(
-            boxes,
-            scores,
-            batch.image_sizes,
-            self.inference.score_threshold,
-            self.inference.iou_threshold,
-            self.inference.max_det,
-            self.options.topk_candidates,
-        )
+        return self.select(boxes, scores, batch.image_sizes)
 
     @property
     def size_divisibility(self) -> int:

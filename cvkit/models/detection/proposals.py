@@ -35,7 +35,6 @@ from cvkit.errors import ConfigError, ExportError
 from cvkit.geometry import normalization
 from cvkit.models.backbones import Backbone
 from cvkit.models.detection.base import Detector
-from cvkit.models.detection.postprocess import select_detections
 from cvkit.structures import ImageBatch, Instances, Target
 
 INSTALL_HINT = "pip install 'cvkit[rcnn]' (opencv-contrib-python-headless)"
@@ -287,12 +286,4 @@ class ProposalDetector(Detector):
         :class:`~cvkit.structures.Instances` per image (``boxes [K, 4]`` xyxy input pixels,
         ``scores [K]``, ``labels [K]``)."""
         boxes, scores = self.candidates(batch, proposals)
-        return select_detections(
-            boxes,
-            scores,
-            batch.image_sizes,
-            self.inference.score_threshold,
-            self.inference.iou_threshold,
-            self.inference.max_det,
-            self.options.topk_candidates,
-        )
+        return self.select(boxes, scores, batch.image_sizes)

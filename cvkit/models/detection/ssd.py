@@ -25,7 +25,6 @@ from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.base import Detector
 from cvkit.models.detection.losses import multibox_loss
-from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.necks import backbone_shapes, build_neck
 from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
 from cvkit.ops.boxes import clip_boxes
@@ -203,15 +202,7 @@ class SSD(Detector):
         images = batch.tensor
         if not self.training:
             boxes, scores = self.candidates(images)
-            return select_detections(
-                boxes,
-                scores,
-                batch.image_sizes,
-                self.inference.score_threshold,
-                self.inference.iou_threshold,
-                self.inference.max_det,
-                self.options.topk_candidates,
-            )
+            return self.select(boxes, scores, batch.image_sizes)
         if targets is None or len(targets) != len(images):
             raise ValueError("SSD in training mode needs one Target per image")
         logits, deltas, anchors = self.predict(images)

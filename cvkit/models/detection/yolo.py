@@ -22,7 +22,6 @@ from cvkit.config.model import YOLOConfig
 from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.base import Detector
-from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.detection.yolo_assign import task_aligned_assign
 from cvkit.models.detection.yolo_loss import (
     box_losses,
@@ -166,15 +165,7 @@ class YOLO(Detector):
         images = batch.tensor
         if not self.training:
             boxes, scores = self.candidates(images)
-            return select_detections(
-                boxes,
-                scores,
-                batch.image_sizes,
-                self.inference.score_threshold,
-                self.inference.iou_threshold,
-                self.inference.max_det,
-                self.options.topk_candidates,
-            )
+            return self.select(boxes, scores, batch.image_sizes)
         if targets is None or len(targets) != len(images):
             raise ValueError("YOLO in training mode needs one Target per image")
         return self.losses(*self.predict(images), targets)

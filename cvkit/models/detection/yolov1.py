@@ -18,7 +18,6 @@ from cvkit.config.model import YOLOv1Config
 from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.base import Detector
-from cvkit.models.detection.postprocess import select_detections
 from cvkit.models.necks import backbone_shapes
 from cvkit.ops.iou import box_iou
 from cvkit.structures import ImageBatch, Instances, Target
@@ -204,15 +203,7 @@ class YOLOv1(Detector):
         images = batch.tensor
         if not self.training:
             boxes, scores = self.candidates(images)
-            return select_detections(
-                boxes,
-                scores,
-                batch.image_sizes,
-                self.inference.score_threshold,
-                self.inference.iou_threshold,
-                self.inference.max_det,
-                self.options.topk_candidates,
-            )
+            return self.select(boxes, scores, batch.image_sizes)
         if targets is None or len(targets) != len(images):
             raise ValueError("YOLOv1 in training mode needs one Target per image")
         boxes, confidence, class_probs = self.predict(images)

@@ -1,4 +1,4 @@
-"""Necks: feature maps from a backbone → the levels a head reads (FPN, SSD extra blocks).
+"""Necks: feature maps from a backbone → the levels a head reads (FPN, PAN, SSD extra blocks).
 
 Every neck is a :class:`~cvkit.models.necks.base.Neck` built from its inputs'
 :class:`~cvkit.models.necks.base.ShapeSpec` (channels, stride) and declaring its outputs'.
@@ -8,11 +8,13 @@ built-in necks.
 
 from cvkit.models.necks.base import Neck, ShapeSpec, backbone_shapes
 from cvkit.models.necks.fpn import FPN
+from cvkit.models.necks.pan import PAN
 from cvkit.models.necks.registry import build_neck, list_necks, register_neck
 from cvkit.models.necks.ssd_extras import SSDExtras, extra_block
 
 __all__ = [
     "FPN",
+    "PAN",
     "Neck",
     "SSDExtras",
     "ShapeSpec",
