@@ -56,9 +56,11 @@ def test_tpe_finds_the_optimum_and_the_median_pruner_stops_trials_behind(tmp_pat
     study = open_study(tmp_path, toy_space(startup_trials=5), name="toy")
     run_study(study, curve_objective, trials=30)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(
-        optuna.trial.TrialState.PRUNED
-    ) == 30
+    assert (
+        states.count(optuna.trial.TrialState.COMPLETE)
+        + states.count(optuna.trial.TrialState.PRUNED)
+        == 30
+    )
     assert abs(study.best_params["x"] - 2) < 0.3
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(pruned) >= 5

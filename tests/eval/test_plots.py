@@ -171,7 +171,9 @@ def test_cvkit_eval_writes_the_plots_of_a_detector(tmp_path):
     assert main(["eval", "--cfg", str(cfg), "--weights", str(weights), "--set", *settings]) == 0
     plots = tmp_path / "run" / "plots" / "eval_best"
     assert {p.name for p in plots.iterdir()} == {
-        "pr_curves.png", "confusion_matrix.png", "worst_images.png"
+        "pr_curves.png",
+        "confusion_matrix.png",
+        "worst_images.png",
     }
     elsewhere = tmp_path / "elsewhere"
     args = ["eval", "--cfg", str(cfg), "--weights", str(weights), "--plots", str(elsewhere)]
