@@ -77,8 +77,11 @@ def test_eval_score_threshold_is_read_when_eval_runs(tmp_path, tiny_overrides, m
     monkeypatch.setattr(detect, "detections_to_coco", counting)
     weights = str(out / "weights" / "best.pt")
     argv = ["eval", "--cfg", SSD_CONFIG, "--weights", weights, "--set", *overrides]
+    totals = []  # detections kept by each evaluation (converted image by image)
     for setting in ("eval.score_threshold=0.001", "eval.score_threshold=0.999", "eval.max_det=3"):
+        counted.clear()
         assert main([*argv, setting]) == 0
-    low, high, capped = counted
+        totals.append(sum(counted))
+    low, high, capped = totals
     assert low > high, f"score_threshold 0.999 kept {high} detections, 0.001 kept {low}"
     assert capped == 4 * 3 < low  # 4 val images, at most 3 detections each
