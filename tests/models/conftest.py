@@ -39,3 +39,53 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _coco_ground_truth(targets, size: int, num_classes: int) -> dict:
+    """COCO ground truth (category ids ``label + 1``) of square ``size``-px images' targets."""
+    annotations = []
+    for image_id, target in enumerate(targets):
+        for (x1, y1, x2, y2), label in zip(target.boxes.tolist(), target.labels, strict=True):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
+        "annotations": annotations,
+        "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
+    }
+
+
+@pytest.fixture
+def overfit_map50() -> Callable[..., float]:
+    """``fit(model, images, targets, steps, lr)``: ``steps`` AdamW steps on the batch
+    ``images [B, 3, S, S]`` (``targets`` xyxy pixels), then the COCO mAP@.5 of the eval-mode
+    detections on those same images."""
+    from cvkit.eval.coco import detections_to_coco, evaluate_coco
+
+    def fit(model: nn.Module, images: torch.Tensor, targets, steps: int, lr: float) -> float:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        model.train()
+        for _ in range(steps):
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            detections = model(images)
+        ids = list(range(len(images)))
+        categories = list(range(1, model.num_classes + 1))
+        truth = _coco_ground_truth(targets, images.shape[-1], model.num_classes)
+        return evaluate_coco(truth, detections_to_coco(detections, ids, categories)).as_dict()[
+            "mAP50"
+        ]
+
+    return fit

@@ -300,33 +300,10 @@ def _painted(count: int, size: int = 64) -> tuple[torch.Tensor, list[Target]]:
     return (images - 0.5) / 0.25, targets
 
 
-def _coco_ground_truth(targets: list[Target], size: int) -> dict:
-    annotations = []
-    for image_id, target in enumerate(targets):
-        for (x1, y1, x2, y2), label in zip(target.boxes.tolist(), target.labels, strict=True):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
-    return {
-        "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
-        "annotations": annotations,
-        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
-    }
-
-
 STEPS = 60
 
 
-def test_faster_rcnn_overfits_four_images_to_map50_above_0_9():
-    from cvkit.eval.coco import detections_to_coco, evaluate_coco
-
+def test_faster_rcnn_overfits_four_images_to_map50_above_0_9(overfit_map50):
     torch.manual_seed(0)
     model = build_model(
         _config(
@@ -345,19 +322,7 @@ def test_faster_rcnn_overfits_four_images_to_map50_above_0_9():
         num_classes=3,
     )
     images, targets = _painted(4)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(STEPS):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        detections = model(images)
-    results = detections_to_coco(detections, list(range(4)), [1, 2, 3])
-    metrics = evaluate_coco(_coco_ground_truth(targets, 64), results)
-    assert metrics.as_dict()["mAP50"] > 0.9
+    assert overfit_map50(model, images, targets, STEPS, lr=2e-3) > 0.9
 
 
 def test_r50_fpn_preset_loads_a_torchvision_resnet50_file(tmp_path):

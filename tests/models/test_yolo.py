@@ -93,39 +93,8 @@ def _squares(count: int, size: int = 64) -> tuple[torch.Tensor, list[Target]]:
     return (images - 0.5) / 0.25, targets
 
 
-def test_yolo_overfits_four_images_to_map50_above_0_9(one_thread):
-    from cvkit.eval.coco import detections_to_coco, evaluate_coco
-
+def test_yolo_overfits_four_images_to_map50_above_0_9(one_thread, overfit_map50):
     torch.manual_seed(0)
     model = build_model(_config(), 3)
     images, targets = _squares(4)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(120):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        detections = model(images)
-    ground_truth = {
-        "images": [{"id": i, "width": 64, "height": 64} for i in range(4)],
-        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
-        "annotations": [],
-    }
-    for image_id, target in enumerate(targets):
-        for box, label in zip(target.boxes.tolist(), target.labels.tolist(), strict=True):
-            width, height = box[2] - box[0], box[3] - box[1]
-            ground_truth["annotations"].append(
-                {
-                    "id": len(ground_truth["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": label + 1,
-                    "bbox": [box[0], box[1], width, height],
-                    "area": width * height,
-                    "iscrowd": 0,
-                }
-            )
-    metrics = evaluate_coco(ground_truth, detections_to_coco(detections, list(range(4)), [1, 2, 3]))
-    assert metrics.as_dict()["mAP50"] > 0.9
+    assert overfit_map50(model, images, targets, 120, lr=1e-2) > 0.9

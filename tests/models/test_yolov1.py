@@ -112,34 +112,7 @@ def _one_object_per_cell(count: int, size: int = 64, cell: int = 16):
     return (images - 0.5) / 0.25, targets
 
 
-def _coco_dataset(targets: list[Target], size: int, num_classes: int) -> dict:
-    """COCO ground truth (category ids ``label + 1``) of ``targets``."""
-    boxes = [
-        (image_id, box, int(label))
-        for image_id, target in enumerate(targets)
-        for box, label in zip(target.boxes.tolist(), target.labels, strict=True)
-    ]
-    annotations = [
-        {
-            "id": number,
-            "image_id": image_id,
-            "category_id": label + 1,
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "area": (x2 - x1) * (y2 - y1),
-            "iscrowd": 0,
-        }
-        for number, (image_id, (x1, y1, x2, y2), label) in enumerate(boxes, 1)
-    ]
-    return {
-        "images": [{"id": i, "width": size, "height": size} for i in range(len(targets))],
-        "annotations": annotations,
-        "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
-    }
-
-
-def test_yolov1_overfits_four_images_to_map50_above_0_9(one_thread):
-    from cvkit.eval.coco import detections_to_coco, evaluate_coco
-
+def test_yolov1_overfits_four_images_to_map50_above_0_9(one_thread, overfit_map50):
     config = load_config(
         None,
         [
@@ -154,16 +127,4 @@ def test_yolov1_overfits_four_images_to_map50_above_0_9(one_thread):
     model = build_model(config, 3)
     assert model.size_divisibility == 16
     images, targets = _one_object_per_cell(4)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(STEPS):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        detections = model(images)
-    results = detections_to_coco(detections, list(range(4)), [1, 2, 3])
-    metrics = evaluate_coco(_coco_dataset(targets, 64, 3), results)
-    assert metrics.as_dict()["mAP50"] > 0.9
+    assert overfit_map50(model, images, targets, STEPS, lr=2e-3) > 0.9
