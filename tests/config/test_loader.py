@@ -132,7 +132,12 @@ def test_shipped_search_spaces_validate_and_name_config_keys(name):
         key: param.low if param.low is not None else param.choices[0]
         for key, param in space.params.items()
     }
-    load_config(overrides=overrides_of(values))
+    config = load_config(overrides=overrides_of(values)).model_dump()
+    for key, value in values.items():
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        assert node == (pytest.approx(value) if isinstance(value, float) else value), key
 
 
 @pytest.mark.parametrize(
