@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 from bench_runtime import THREADS, compare
+from machine import cpu_model, uptime
 
 from cvkit.config import load_config
 from cvkit.config.export import ExportConfig
@@ -51,17 +51,6 @@ def _simd() -> str:
     )
     found = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if name in flags]
     return "flags: " + (", ".join(found) if found else "none of avx2/avx512/vnni")
-
-
-def _machine() -> tuple[str, str]:
-    """The CPU model (``lscpu``) and the ``uptime`` line."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line),
-        "unknown CPU",
-    )
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return model, uptime
 
 
 def bench_model(name: str, folder: Path, iterations: int) -> dict:
@@ -180,11 +169,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     setup_logging()
-    cpu, before = _machine()
+    cpu, before = cpu_model(), uptime()
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as folder:
         results = [bench_model(name, Path(folder), args.iterations) for name in args.models]
-    machine = {"cpu": cpu, "simd": _simd(), "before": before, "after": _machine()[1]}
+    machine = {"cpu": cpu, "simd": _simd(), "before": before, "after": uptime()}
     write_report(args.out, results, machine, args.iterations)
     for result in results:
         for row in result["rows"]:

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -41,6 +39,7 @@ import torchvision
 import yaml
 from bench_runtime import interleaved_timings
 from bench_train import TorchvisionDetector, throughput, train_and_score, training_table
+from machine import cpu_model
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -190,18 +189,6 @@ def equal_wall_clock(minutes: float, folder: Path, overrides: list[str]) -> dict
     return results
 
 
-def cpu_name() -> str:
-    """The CPU model ``lscpu`` reports (the processor string when lscpu is missing)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="training budget for the mAP")
@@ -257,7 +244,7 @@ def main() -> None:
         "# Faster R-CNN: cvkit vs torchvision, and vs cvkit's SSD at equal wall clock",
         "",
         f"Written by `benchmarks/bench_rcnn.py`, {started:%Y-%m-%d %H:%M}–"
-        f"{datetime.now(UTC):%H:%M} UTC on {cpu_name()} ({os.cpu_count()} CPUs visible, "
+        f"{datetime.now(UTC):%H:%M} UTC on {cpu_model()} ({os.cpu_count()} CPUs visible, "
         f"{THREADS} torch threads), torch {torch.__version__}, torchvision "
         f"{torchvision.__version__}. No GPU. Load average (1/5/15 min) before: "
         f"{' / '.join(f'{v:.2f}' for v in load_before)}; after: "

@@ -19,9 +19,7 @@ on a cluster every row still passes through the one driver. Writes
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,20 +27,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from machine import cpu_model, uptime
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "rectangle", "triangle"]
 BATCH = 16
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")]
-    return names[0] if names else platform.processor()
 
 
 def export_detector(path: Path) -> Path:

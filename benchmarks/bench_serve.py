@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "rectangle", "triangle"]
@@ -242,17 +242,6 @@ def _load() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def _cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    names = [
-        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")
-    ]
-    return names[0] if names else platform.machine()
-
-
 def write_report(
     out: Path,
     rows: list[dict],
@@ -276,7 +265,7 @@ def write_report(
         f"{max_requests} requests or {max_seconds:g} s, servers taking turns. The asyncio "
         "client (httpx) runs on the same machine and shares its CPU with the servers.",
         "",
-        f"CPU: {_cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}. onnxruntime {onnxruntime.__version__}, CPU "
         "execution provider, its default threads.",
         "",

@@ -21,9 +21,7 @@ Writes ``benchmarks/results/style.md`` and ``style_loss.png`` (Gatys losses per 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -32,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from machine import cpu_model, uptime
 
 from cvkit.config import Config
 from cvkit.config.export import ExportConfig
@@ -67,17 +66,6 @@ def style_image(size: int) -> np.ndarray:
     phase = ((x + y) // max(4, size // 32)) % 3
     palette = np.array([[200, 40, 30], [250, 210, 60], [20, 40, 120]], np.uint8)
     return palette[phase]
-
-
-def machine() -> tuple[str, str]:
-    """The CPU model name and ``uptime``'s load line."""
-    cpu = platform.processor() or "unknown"
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in lscpu.splitlines():
-        if line.startswith("Model name"):
-            cpu = line.split(":", 1)[1].strip()
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
-    return cpu, uptime.strip()
 
 
 def run_gatys(network, size: int, steps: int) -> tuple[float, list[dict[str, float]]]:
@@ -136,7 +124,7 @@ def main() -> None:
         parser.error(f"--steps: one count per size {args.sizes}, got {args.steps}")
     steps = dict(zip(args.sizes, args.steps, strict=True))
     torch.set_num_threads(args.threads)
-    cpu, load_before = machine()
+    cpu, load_before = cpu_model(), uptime()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     torch.manual_seed(0)
@@ -150,7 +138,7 @@ def main() -> None:
         path = Path(folder) / "style.onnx"
         export_model(model, path, metadata, ExportConfig(dynamic=True))
         fast = {size: run_fast(path, size, args.threads, args.repeats) for size in args.sizes}
-    _, load_after = machine()
+    load_after = uptime()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = args.out.with_name(args.out.stem + "_loss.png")

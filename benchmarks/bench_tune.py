@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
+from machine import cpu_model, uptime
 
 from cvkit.config import load_config
 from cvkit.engine.commands import run_training
@@ -32,21 +31,6 @@ from cvkit.engine.tune import load_space, tune
 from cvkit.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU's model name as ``lscpu`` reports it."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "Model name" in line]
-    return names[0] if names else "unknown"
-
-
-def uptime() -> str:
-    """``uptime``'s load line."""
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def study_summary(study: optuna.Study, epochs: int) -> dict[str, float]:

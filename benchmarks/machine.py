@@ -1,0 +1,21 @@
+"""What the benchmarks say about the machine they ran on: the CPU model and the load."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` reports it (the processor string without lscpu)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "Model name" in line]
+    return names[0] if names else platform.machine()
+
+
+def uptime() -> str:
+    """``uptime``'s line (time, uptime and the 1/5/15-minute load averages)."""
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
