@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from cvkit.config.base import Section
 from cvkit.config.schema import Config
 from cvkit.errors import ConfigError
 
@@ -109,14 +110,14 @@ def _has_key(data: Mapping[str, Any], keys: Sequence[str | int]) -> bool:
 
 
 def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    """The field names of the section that ``loc`` points into (``loc[-1]`` is the bad key)."""
+    """The keys of the section that ``loc`` points into (``loc[-1]`` is the bad key),
+    registered models' sections included (:meth:`Section.allowed_keys`)."""
+    section: type[BaseModel] | None = model
     for key in loc[:-1]:
-        field = model.model_fields.get(str(key))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = section.subsection(str(key)) if issubclass(section, Section) else None
+        if section is None:
             return []
-        model = annotation
-    return sorted(model.model_fields)
+    return section.allowed_keys() if issubclass(section, Section) else sorted(section.model_fields)
 
 
 def _describe(

@@ -1,11 +1,32 @@
-"""The ``model:`` section: which architecture to build and on which backbone."""
+"""The ``model:`` section: which architecture to build and on which backbone.
+
+The built-in models' options are fields here (``model.ssd``, ``model.yolo`` ...). A model
+defined outside cvkit brings its own section: :func:`register_model_options` (or
+``register_model(name, options=...)``) names the pydantic class that validates
+``model.<name>``, and a package can provide it through a ``cvkit.models`` entry point
+(:mod:`cvkit.config.plugins`).
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from cvkit.config.base import Section
+from cvkit.config.plugins import MODEL_GROUP, load_plugin
+from cvkit.errors import ConfigError
+
+_OPTIONS: dict[str, type[BaseModel]] = {}
 
 
 class SSDConfig(Section):
@@ -180,7 +201,7 @@ class RCNNConfig(Section):
     topk_candidates: int = Field(1000, gt=0, description="(proposal, class) pairs before NMS")
 
     @model_validator(mode="after")
-    def _check_padding(self) -> "RCNNConfig":
+    def _check_padding(self) -> RCNNConfig:
         if 2 * self.context_padding >= self.crop_size:
             raise ValueError(
                 f"context_padding {self.context_padding} leaves no room for the box in a "
@@ -311,3 +332,104 @@ class ModelConfig(Section):
     yolov1: YOLOv1Config = Field(default_factory=YOLOv1Config)
     yolo: YOLOConfig = Field(default_factory=YOLOConfig)
     style: StyleConfig = Field(default_factory=StyleConfig)
+
+    # Sections of registered models live in the extras, each validated by its model's class.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _registered_sections(cls, data: Any, handler: ModelWrapValidatorHandler) -> ModelConfig:
+        """Validate each key that is not a field as the section of a registered model; any
+        other key is an ``extra_forbidden`` error at its own location, as in every section.
+        The named model's section is filled with its defaults when absent."""
+        if not isinstance(data, dict):
+            return handler(data)
+        errors: list[InitErrorDetails] = []
+        sections: dict[str, BaseModel] = {}
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            options = model_options(str(key))
+            if options is None:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+                continue
+            try:
+                sections[key] = (
+                    value if isinstance(value, options) else options.model_validate(value)
+                )
+            except ValidationError as exc:
+                errors += [_nested_error(key, error) for error in exc.errors()]
+        name = data.get("name")
+        if isinstance(name, str) and name not in sections and name not in cls.model_fields:
+            options = model_options(name)
+            if options is not None:
+                sections[name] = options()
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        config = handler({key: value for key, value in data.items() if key in cls.model_fields})
+        config.__pydantic_extra__.update(sections)
+        return config
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in type(self).model_fields or key.startswith("_"):
+            super().__setattr__(key, value)
+            return
+        options = model_options(key)
+        if options is None:
+            raise ConfigError(f"model.{key}: no field or registered model of that name")
+        super().__setattr__(key, value if isinstance(value, options) else options(**value))
+
+    @classmethod
+    def subsection(cls, key: str) -> type[BaseModel] | None:
+        """The class of section ``key`` (a field's or a registered model's), else None."""
+        if key in cls.model_fields:
+            return super().subsection(key)
+        return model_options(key)
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        """The fields and the sections of the models registered so far, sorted."""
+        return sorted({*cls.model_fields, *_OPTIONS})
+
+
+def _nested_error(key: str, error: Any) -> InitErrorDetails:
+    """``error`` of section ``key``'s own validation, located under ``key``."""
+    details = InitErrorDetails(type=error["type"], loc=(key, *error["loc"]), input=error["input"])
+    if error.get("ctx"):
+        details["ctx"] = error["ctx"]
+    return details
+
+
+def register_model_options(name: str, options: type[BaseModel]) -> type[BaseModel]:
+    """Make ``options`` validate the config section ``model.<name>`` of the model ``name``.
+
+    ``options`` is a pydantic model that forbids unknown keys (subclass
+    :class:`cvkit.config.base.Section`), so a typo in the section is an error naming the key.
+    Returns ``options``.
+
+    Raises:
+        ValueError: ``name`` is a built-in field of the ``model:`` section, or another class
+            is registered under it.
+        TypeError: ``options`` is not a pydantic model that forbids extra keys.
+    """
+    if name in ModelConfig.model_fields:
+        raise ValueError(f"model.{name} is a built-in field; pick another model name")
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise TypeError(f"model {name!r}: options must be a pydantic model class, got {options!r}")
+    if options.model_config.get("extra") != "forbid":
+        raise TypeError(
+            f"model {name!r}: {options.__name__} must forbid unknown keys "
+            "(subclass cvkit.config.base.Section)"
+        )
+    if _OPTIONS.get(name, options) is not options:
+        raise ValueError(f"model {name!r}: options are registered twice")
+    _OPTIONS[name] = options
+    return options
+
+
+def model_options(name: str) -> type[BaseModel] | None:
+    """The options class registered for model ``name`` (loading its ``cvkit.models`` entry
+    point first when it is not registered yet), or None when the model has none."""
+    if name not in _OPTIONS and name not in ModelConfig.model_fields:
+        load_plugin(MODEL_GROUP, name)
+    return _OPTIONS.get(name)

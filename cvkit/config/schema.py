@@ -21,9 +21,10 @@ BUILTIN_TASKS = {
 class Config(Section):
     """A whole run: task, seed, device and one model per section.
 
-    ``task`` is any task registered with :func:`cvkit.engine.tasks.register_task` (the
-    built-in ``detect``, ``segment``, ``classify`` and ``style`` of :data:`BUILTIN_TASKS` are
-    known without importing torch).
+    ``task`` is any task registered with :func:`cvkit.engine.tasks.register_task` or
+    provided by a ``cvkit.tasks`` entry point (:mod:`cvkit.config.plugins`); the built-in
+    ``detect``, ``segment``, ``classify`` and ``style`` of :data:`BUILTIN_TASKS` are known
+    without importing torch.
     ``device`` is ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 

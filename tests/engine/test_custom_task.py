@@ -2,7 +2,8 @@
 the torch-free runtime: the task registry owns the whole life of a task.
 
 The task, ``brightness``, regresses the mean brightness of an image; its model is registered
-with ``register_model``, its runtime predictor with ``register_predictor``.
+with ``register_model`` together with the pydantic class of its own ``model.toy_brightness``
+section, its runtime predictor with ``register_predictor``.
 """
 
 import json
@@ -10,13 +11,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import cvkit
 from cvkit.cli import main
+from cvkit.config import load_config
+from cvkit.config.base import Section
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.tasks import Task, get_task, register_task
+from cvkit.errors import ConfigError
 from cvkit.geometry import normalize
 from cvkit.logs import setup_logging
 from cvkit.models.build import register_model
@@ -77,10 +82,23 @@ class BrightnessTask(Task):
         return {"neg_mae": -float(torch.cat(errors).mean())}
 
 
-@register_model("toy_brightness")
+class BrightnessOptions(Section):
+    """The model's own config section, ``model.toy_brightness``."""
+
+    hidden: int = Field(4, gt=0, description="width of the hidden layer")
+
+
+@register_model("toy_brightness", options=BrightnessOptions)
 def build_brightness_model(config, num_classes):
-    """Global average pool → one linear unit: ``[B, 3, H, W]`` → ``[B, 1]``."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
+    """Global average pool → linear → ReLU → linear: ``[B, 3, H, W]`` → ``[B, 1]``."""
+    hidden = config.model.toy_brightness.hidden
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 @register_predictor("brightness")
@@ -97,7 +115,8 @@ class BrightnessPredictor(Predictor):
 def config_file(tmp_path):
     path = tmp_path / "brightness.yaml"
     path.write_text(
-        "task: brightness\ndevice: cpu\nmodel: {name: toy_brightness}\n"
+        "task: brightness\ndevice: cpu\n"
+        "model:\n  name: toy_brightness\n  toy_brightness: {hidden: 6}\n"
         f"data: {{image_size: {SIZE}, resize: resize}}\n"
         "train: {epochs: 30, lr: 0.05, momentum: 0.9, warmup_epochs: 0, scheduler: constant}\n"
         "export: {after_train: true, dynamic: true}\n"
@@ -111,6 +130,9 @@ def test_a_task_from_a_test_file_trains_evaluates_exports_and_runs(config_file, 
     run = tmp_path / "run"
     assert main(["train", "--cfg", str(config_file), "--out", str(run)]) == 0
     best = load_checkpoint(run / "weights" / "best.pt")
+    # the model's own section went through its options class into the run and the checkpoint
+    assert best["config"]["model"]["toy_brightness"] == {"hidden": 6}
+    assert best["model"]["2.weight"].shape == (6, 3)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # training helps: the best epoch's error is below the first epoch's and small
     assert best["metrics"]["neg_mae"] > rows[0]["val/neg_mae"]
@@ -136,3 +158,18 @@ def test_a_task_from_a_test_file_trains_evaluates_exports_and_runs(config_file, 
     )
     # and cvkit.load picks the same predictor from the file's metadata
     assert cvkit.load(onnx_path).predict(val.images[0]) == pytest.approx(predicted[0], abs=1e-6)
+
+
+def test_the_models_section_is_validated_by_its_options_class(config_file):
+    config = load_config(config_file)
+    assert config.model.toy_brightness == BrightnessOptions(hidden=6)
+    # absent, the named model's section takes its defaults
+    assert load_config(None, ["model.name=toy_brightness"]).model.toy_brightness.hidden == 4
+    with pytest.raises(ConfigError, match=r"'model\.toy_brightness\.hiden'.*allowed keys: hidden"):
+        load_config(config_file, ["model.toy_brightness.hiden=8"])
+    with pytest.raises(
+        ConfigError, match=r"model\.toy_brightness\.hidden: Input should be greater"
+    ):
+        load_config(config_file, ["model.toy_brightness.hidden=0"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.toy_brightnes' in model"):
+        load_config(config_file, ["model.toy_brightnes.hidden=8"])
