@@ -2,7 +2,20 @@
 
 The exported graph takes ``images float32 [B, 3, H, W]`` (normalized as the metadata says). What
 it returns, its dynamic axes and how it is compared with torch belong to the metadata's task
-(:class:`cvkit.engine.tasks.Task` ``export_*`` hooks); the built-in tasks return:
+(:class:`cvkit.engine.tasks.Task` ``export_*`` hooks), unless the model declares them itself
+(the export contract, read on the traced graph first, then on the model it wraps as
+``graph.model``):
+
+- ``export_inputs(images) -> {name: (example, dynamic_axes)}``: the graph's inputs after
+  ``images``, in the order its forward takes them, each with an example tensor made for the
+  example ``images`` and its dynamic axes (``{axis: name}``; axes named ``batch`` stay fixed
+  without ``--dynamic``). Fast R-CNN declares ``proposals [B, P, 4]`` this way.
+- ``export_output_names(metadata) -> tuple[str, ...]``: every output name, in the graph's
+  order (default: the task's ``export_outputs(metadata)``). Mask R-CNN adds ``masks``.
+- ``export_graph(metadata, options) -> nn.Module`` (on the model): the module traced instead
+  of the task's default graph.
+
+The built-in tasks return:
 
 - detect, NMS in the graph: ``boxes [B, K, 4]`` (x1, y1, x2, y2 input pixels), ``scores [B, K]``,
   ``labels [B, K]`` int64, ``num_dets [B]`` int64 — ``model.candidates`` followed by
@@ -25,6 +38,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -154,7 +168,9 @@ class MaskDetectorGraph(DetectorGraph):
         features = self.model.features(inputs)
         boxes, scores = self.model.candidates_from_features(features, ImageBatch.of(inputs))
         boxes, scores, labels, count = self.select(boxes.float(), scores.float())
-        masks = self.model.padded_masks(features, boxes.to(inputs.dtype), labels)
+        # the boxes stay float32 (as the proposals are): the RoIs read float16 features in
+        # float32 (roi_heads.pool_in_roi_precision)
+        masks = self.model.padded_masks(features, boxes, labels)
         return boxes, scores, labels, count, masks.float()
 
 
@@ -211,6 +227,46 @@ def dynamic_axes(names: tuple[str, ...], spatial: bool = False) -> dict[str, dic
     (axes 2, 3) when ``spatial``."""
     axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
     return {name: dict(axes) for name in names}
+
+
+def _declaration(graph: nn.Module, name: str) -> Any:
+    """The export declaration ``name`` of ``graph``, else of the model it wraps
+    (``graph.model``), else None."""
+    for owner in (graph, getattr(graph, "model", None)):
+        if owner is not None and hasattr(owner, name):
+            return getattr(owner, name)
+    return None
+
+
+def export_inputs(graph: nn.Module, images: Tensor) -> dict[str, tuple[Tensor, dict[int, str]]]:
+    """The inputs ``graph`` takes after ``images [B, 3, H, W]``, as declared by its (or its
+    model's) ``export_inputs(images)``: ``{name: (example tensor, dynamic axes)}``, in forward
+    order; empty for a graph of ``images`` alone.
+
+    Raises:
+        ExportError: a declared input is called ``images`` or is not a tensor.
+    """
+    declared = _declaration(graph, "export_inputs")
+    if declared is None:
+        return {}
+    inputs = dict(declared(images))
+    for name, (example, _) in inputs.items():
+        if name == INPUT_NAME or not isinstance(example, Tensor):
+            raise ExportError(
+                f"{type(graph).__name__}.export_inputs: input {name!r} must be a tensor named "
+                f"other than {INPUT_NAME!r}"
+            )
+    return inputs
+
+
+def export_output_names(graph: nn.Module, metadata: ModelMetadata) -> tuple[str, ...]:
+    """The output names of ``graph`` (an export graph or a model), in order: its (or its
+    model's) ``export_output_names(metadata)``, else the metadata task's
+    ``export_outputs(metadata)``."""
+    declared = _declaration(graph, "export_output_names")
+    if declared is None:
+        return get_task(metadata.task).export_outputs(metadata)
+    return tuple(declared(metadata))
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -280,21 +336,29 @@ def _write_onnx(
     height, width = metadata.input_size
     example = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     task = get_task(metadata.task)
-    outputs = task.export_outputs(metadata)
+    extra = export_inputs(graph, example)
+    outputs = export_output_names(graph, metadata)
+    axes = None
+    if options.dynamic:
+        axes = task.export_dynamic_axes(INPUT_NAME, outputs)
+    for name, (_, input_axes) in extra.items():
+        kept = dict(input_axes)
+        if not options.dynamic:
+            kept = {axis: label for axis, label in kept.items() if label != "batch"}
+        if kept:
+            axes = {**(axes or {}), name: kept}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
-                (example,),
+                (example, *(tensor for tensor, _ in extra.values())),
                 str(path),
                 dynamo=False,
                 opset_version=options.opset,
-                input_names=[INPUT_NAME],
+                input_names=[INPUT_NAME, *extra],
                 output_names=list(outputs),
-                dynamic_axes=task.export_dynamic_axes(INPUT_NAME, outputs)
-                if options.dynamic
-                else None,
+                dynamic_axes=axes,
             )
         proto = onnx.load(str(path))
         if options.simplify:
@@ -305,7 +369,7 @@ def _write_onnx(
     except ExportError:
         raise
     except Exception as exc:
-        name = type(graph.model).__name__
+        name = type(getattr(graph, "model", graph)).__name__
         raise ExportError(f"{path}: ONNX export of {name} failed: {exc}") from exc
 
 
@@ -322,6 +386,11 @@ def _verify(
     A dynamic file is checked at another batch size than it was traced with.
     """
     check_batch = batch_size + 1 if options.dynamic else batch_size
+    if options.half and metadata.nms_in_graph and getattr(model, "selects_proposals", False):
+        reference = build_graph(model, metadata, options.model_copy(update={"half": False}))
+        return check_parity(
+            reference, written, metadata, options, check_batch, str(path), matched=True
+        )
     if options.half and metadata.nms_in_graph:
         # NMS on float16 scores may keep another box at a near-tie, so the float16 network is
         # checked through its raw candidates (the NMS part is float32 in both graphs).
@@ -352,16 +421,19 @@ def check_parity(
     options: ExportConfig,
     batch_size: int,
     name: str | None = None,
+    matched: bool = False,
 ) -> dict[str, float]:
     """Run seeded random inputs through ``graph`` (torch, float32) and ``path`` (onnxruntime,
-    CPU).
+    CPU): ``images`` and the examples of the inputs the graph declares after them
+    (:func:`export_inputs`), compared output by output in :func:`export_output_names` order.
 
     Detections must have equal ``num_dets`` and ``labels``, boxes within
     ``box_tolerance * max(input_size)`` pixels and scores within ``score_tolerance``; logits
     within ``logit_tolerance * (1 + |logit|)``. Float16 exports are held to at least 1e-2
     (boxes relative to the input size, scores) and 2e-2 (logits).
 
-    ``name`` is how messages call the file (default: ``path``).
+    ``name`` is how messages call the file (default: ``path``). With ``matched``, detections
+    are paired one by one instead (:func:`compare_detections` with ``matched``).
 
     Returns:
         The largest difference per output (boxes relative to the input size).
@@ -373,20 +445,105 @@ def check_parity(
     height, width = metadata.input_size
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(batch_size, 3, height, width, generator=generator)
+    extra = {name: example for name, (example, _) in export_inputs(graph, images).items()}
     with torch.no_grad():
-        expected = graph(images)
+        expected = graph(images, *extra.values())
     expected = [t.float().numpy() if t.is_floating_point() else t.numpy() for t in _tuple(expected)]
     session = OnnxModel(path, "cpu")
-    outputs = session.run(images.numpy().astype(session.input_dtype))
+    feeds = {name: example.numpy() for name, example in extra.items()}
+    outputs = session.run(images.numpy().astype(session.input_dtype), feeds)
     task = get_task(metadata.task)
-    got = [outputs[name] for name in task.export_outputs(metadata)]
+    got = [outputs[name] for name in export_output_names(graph, metadata)]
     floor = 1e-2 if options.half else 0.0
     tolerances = Tolerances(
         box=max(options.box_tolerance, floor),
         score=max(options.score_tolerance, floor),
         logit=max(options.logit_tolerance, 2 * floor),
     )
+    if matched:
+        return compare_detections(expected, got, metadata, tolerances, label, matched=True)
     return task.compare_exported(expected, got, metadata, tolerances, label)
+
+
+HALF_UNMATCHED_FRACTION = 0.1
+"""Share of a float16 two-stage detector's detections allowed to lack a float32 counterpart
+(float16 rounding may reorder near-tied proposals or detections, and NMS then keeps another
+box: each such swap changes one or two detections)."""
+
+
+def _compare_matched(expected: list, got: list, size: float, tol: Tolerances, label: str) -> dict:
+    """:func:`compare_detections` with ``matched``: the differences of the detection pairs,
+    ``size`` the larger input side."""
+    box_diff = score_diff = mask_diff = 0.0
+    matched = total = 0
+    for image in range(len(got[3])):
+        want = [output[image, : int(expected[3][image])] for output in expected[:3]]
+        have = [output[image, : int(got[3][image])] for output in got[:3]]
+        pairs = match_detections(*want, *have, tol.box * size, tol.score)
+        matched += len(pairs)
+        total += max(len(want[0]), len(have[0]))
+        for ref, found in pairs:
+            box_diff = max(box_diff, float(np.abs(want[0][ref] - have[0][found]).max()) / size)
+            score_diff = max(score_diff, abs(float(want[1][ref] - have[1][found])))
+            if len(got) > 4:
+                difference = np.abs(expected[4][image, ref] - got[4][image, found]).max()
+                mask_diff = max(mask_diff, float(difference))
+    fraction = matched / total if total else 1.0
+    if fraction < 1.0 - HALF_UNMATCHED_FRACTION:
+        raise ExportError(
+            f"{label}: parity check failed: only {matched} of {total} float16 detections "
+            "match float32's (same label, box and score within tolerance)"
+        )
+    differences = {"boxes": box_diff, "scores": score_diff, "matched": fraction}
+    if len(got) > 4:
+        _fail_if(mask_diff > tol.logit, label, "masks", mask_diff)
+        differences["masks"] = mask_diff
+    logger.info(
+        "float16 parity: %d/%d detections matched, boxes %.2e (relative), scores %.2e",
+        matched,
+        total,
+        box_diff,
+        score_diff,
+    )
+    return differences
+
+
+def match_detections(
+    ref_boxes: np.ndarray,
+    ref_scores: np.ndarray,
+    ref_labels: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    box_tolerance: float,
+    score_tolerance: float,
+) -> list[tuple[int, int]]:
+    """Pair one image's detections with reference detections, greedily in the reference's
+    order (highest score first): each takes the first unused detection of its label whose
+    coordinates all lie within ``box_tolerance`` pixels and whose score within
+    ``score_tolerance``.
+
+    Args:
+        ref_boxes, boxes: ``float32 [N, 4]`` / ``[M, 4]`` xyxy pixels.
+        ref_scores, scores: ``[N]`` / ``[M]``.
+        ref_labels, labels: ``int64 [N]`` / ``[M]``.
+        box_tolerance: largest coordinate difference in pixels.
+        score_tolerance: largest score difference.
+
+    Returns:
+        ``(reference index, index)`` pairs, in the reference's order.
+    """
+    used = np.zeros(len(boxes), dtype=bool)
+    pairs = []
+    for index in range(len(ref_boxes)):
+        close = np.abs(boxes - ref_boxes[index]).max(axis=1, initial=0.0) <= box_tolerance
+        fits = ~used & close & (labels == ref_labels[index])
+        fits &= np.abs(scores - ref_scores[index]) <= score_tolerance
+        candidates = np.flatnonzero(fits)
+        if candidates.size:
+            used[candidates[0]] = True
+            pairs.append((index, int(candidates[0])))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -428,17 +585,30 @@ def compare_detections(
     metadata: ModelMetadata,
     tolerances: Tolerances,
     label: str,
+    matched: bool = False,
 ) -> dict[str, float]:
     """Compare detector outputs: padded NMS results (``boxes, scores, labels, num_dets``: equal
     counts and labels, boxes and scores within tolerance) or raw candidates (``boxes, scores``).
 
+    ``matched`` compares padded NMS results (+ ``masks``) detection by detection instead
+    (:func:`match_detections`), for a float16 file of a detector whose candidate slots depend
+    on a selection inside the network (two-stage detectors: ``model.selects_proposals``)
+    against float32 torch: at least ``1 - HALF_UNMATCHED_FRACTION`` of the detections (of the
+    larger of the two counts, over the batch) must match, and the masks of matched pairs lie
+    within the logit tolerance (they come out of six more float16 layers, as logits do).
+
     Returns:
-        ``{"boxes": largest box difference relative to the input size, "scores": ...}``.
+        ``{"boxes": largest box difference relative to the input size, "scores": ...}``
+        (``matched``: of the matched pairs, plus ``"matched"``, the matched fraction, and
+        ``"masks"`` when there are masks).
 
     Raises:
-        ExportError: an output disagrees; the message gives the largest difference.
+        ExportError: an output disagrees (``matched``: too few detections match, or matched
+            masks differ by more); the message gives the largest difference.
     """
     size = float(max(metadata.input_size))
+    if matched:
+        return _compare_matched(expected, got, size, tolerances, label)
     if not metadata.nms_in_graph:
         box_diff = float(np.abs(got[0] - expected[0]).max(initial=0.0)) / size
         score_diff = float(np.abs(got[1] - expected[1]).max(initial=0.0))

@@ -23,11 +23,12 @@ from cvkit.runtime.postprocess import (
     segmentation,
     select_detections,
 )
-from cvkit.runtime.preprocess import Geometry, preprocess
+from cvkit.runtime.preprocess import Geometry, padded_proposals, preprocess
 from cvkit.runtime.results import Classification, Detections, Segmentation
 from cvkit.runtime.session import OnnxModel
 
 _PREDICTORS: dict[str, type[Predictor]] = {}
+PROPOSALS = "proposals"
 
 
 def register_predictor(name: str) -> Callable[[type[Predictor]], type[Predictor]]:
@@ -114,7 +115,7 @@ class Predictor:
         )
 
     def _chunks(
-        self, images: list[np.ndarray]
+        self, images: list[np.ndarray], per_image: list[Any] | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], list[Geometry]]]:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -122,7 +123,16 @@ class Predictor:
             padding = self.batch_size - len(chunk)
             if padding and isinstance(self.model.input_shape[0], int):
                 batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(padding, 0)])
-            yield self.model.run(batch), geometries
+            given = None if per_image is None else per_image[start : start + len(chunk)]
+            extra = self._graph_inputs(given, geometries, len(batch))
+            yield self.model.run(batch, extra), geometries
+
+    def _graph_inputs(
+        self, per_image: list[Any] | None, geometries: list[Geometry], batch_size: int
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs after the images for one chunk (``per_image``: what ``predict``
+        got for those images); none by default."""
+        return {}
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> Any:
         """Run the model on one image or a list (arrays RGB ``uint8 [H, W, 3]`` or paths).
@@ -133,13 +143,22 @@ class Predictor:
         Raises:
             InputError: an unreadable file or an array of the wrong shape/dtype.
         """
+        return self._predict(images, None)
+
+    def _predict(self, images: ImageSource | Sequence[ImageSource], per_image: Any) -> Any:
+        """:meth:`predict` with ``per_image`` (one item per image, or one item for one image)
+        handed to :meth:`_graph_inputs` chunk by chunk."""
         single = isinstance(images, (str, Path, np.ndarray))
         sources = [images] if single else list(images)
         if not sources:
             raise InputError("predict() got an empty list of images")
+        if per_image is not None:
+            per_image = [per_image] if single else list(per_image)
+            if len(per_image) != len(sources):
+                raise InputError(f"predict() got {len(per_image)} inputs for {len(sources)} images")
         loaded = [read_image(source) for source in sources]
         results = []
-        for outputs, geometries in self._chunks(loaded):
+        for outputs, geometries in self._chunks(loaded, per_image):
             results.extend(self._postprocess(outputs, geometries))
         return results[0] if single else results
 
@@ -155,7 +174,56 @@ class Detector(Predictor):
     ``max_det`` from the metadata in numpy. A graph with masks (``metadata.mask_size``) gives
     each detection's mask in its box; it is pasted into the original image
     (:func:`cvkit.runtime.masks.masks_to_original`) as ``Detections.masks``.
+
+    A graph with a ``proposals`` input (Fast R-CNN) classifies and refines boxes the caller
+    proposes: ``predict(images, proposals=...)``. Selective search is not part of the graph
+    (it is no ONNX op); compute the proposals beside it, e.g. with OpenCV's
+    ``cv2.ximgproc.segmentation.createSelectiveSearchSegmentation`` (the ``rcnn`` extra) on
+    the original image.
     """
+
+    def predict(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        proposals: np.ndarray | Sequence[np.ndarray] | None = None,
+    ) -> Detections | list[Detections]:
+        """Detections of one image or a list (arrays RGB ``uint8 [H, W, 3]`` or paths).
+
+        Args:
+            images: one image or a list.
+            proposals: for a graph with a ``proposals`` input only: per image ``[P, 4]`` xyxy
+                boxes in that image's original pixels (one array for one image, a list for a
+                list); rows of zero width or height are ignored. They are mapped into the
+                network input as the image is and zero-padded
+                (:func:`cvkit.runtime.preprocess.padded_proposals`).
+
+        Returns:
+            One :class:`Detections` for one image, a list for a list.
+
+        Raises:
+            InputError: an unreadable image, or proposals missing for a graph that takes them,
+                given to one that does not, or not one ``[P, 4]`` array per image.
+        """
+        takes = PROPOSALS in self.model.extra_inputs
+        if takes and proposals is None:
+            raise InputError(
+                f"{self.model.path}: this detector classifies given proposals: pass "
+                "proposals=[P, 4] xyxy original pixels per image (e.g. selective search)"
+            )
+        if proposals is not None and not takes:
+            raise InputError(f"{self.model.path}: this detector takes no proposals")
+        return self._predict(images, proposals)
+
+    def _graph_inputs(
+        self, per_image: list[Any] | None, geometries: list[Geometry], batch_size: int
+    ) -> dict[str, np.ndarray]:
+        """``proposals [B, P, 4]`` input pixels when the graph takes them; ``P`` at least
+        ``topk_candidates // C + 1``, the rows the graph was traced to select from."""
+        if per_image is None:
+            return {}
+        meta = self.metadata
+        min_rows = (meta.topk_candidates or 0) // len(meta.classes) + 1
+        return {PROPOSALS: padded_proposals(per_image, geometries, batch_size, min_rows)}
 
     def _postprocess(
         self, outputs: dict[str, np.ndarray], geometries: list[Geometry]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cvkit.geometry import Geometry, fit, normalize
+from cvkit.runtime.errors import InputError
 
 
 def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:
@@ -48,3 +49,46 @@ def preprocess(
     placed = [fit(image, input_size, resize) for image in images]
     stacked = np.stack([canvas for canvas, _ in placed])
     return normalize(stacked, mean, std, dtype), [geometry for _, geometry in placed]
+
+
+def padded_proposals(
+    proposals: Sequence[np.ndarray],
+    geometries: Sequence[Geometry],
+    batch_size: int,
+    min_rows: int = 1,
+) -> np.ndarray:
+    """Per-image proposals in original pixels → the padded ``proposals`` input of a graph that
+    takes them (Fast R-CNN).
+
+    Args:
+        proposals: one ``[P_i, 4]`` array per image, xyxy original-image pixels (e.g. from
+            selective search, computed by the caller).
+        geometries: the images' :class:`Geometry` from :func:`preprocess`.
+        batch_size: rows of the batch (images past ``len(proposals)`` get padding only).
+        min_rows: the least ``P`` the graph needs (``topk_candidates // C + 1``).
+
+    Returns:
+        ``float32 [batch_size, P, 4]`` xyxy input pixels (``input = original * scale +
+        offset``), ``P = max(P_i, min_rows, 1)``; each image's boxes first, then zero rows,
+        which the graph reads as padding (as it does any box of zero width or height).
+
+    Raises:
+        InputError: not one array per image, or an array that is not ``[P, 4]``.
+    """
+    if len(proposals) != len(geometries):
+        raise InputError(f"{len(proposals)} proposal arrays for {len(geometries)} images")
+    arrays = [np.asarray(boxes, dtype=np.float32) for boxes in proposals]
+    for index, boxes in enumerate(arrays):
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(
+                f"proposals of image {index}: expected [P, 4] xyxy pixels, got {list(boxes.shape)}"
+            )
+    rows = max(min_rows, 1, *(len(boxes) for boxes in arrays))
+    padded = np.zeros((batch_size, rows, 4), dtype=np.float32)
+    for slot, boxes, geometry in zip(padded, arrays, geometries, strict=False):
+        sx, sy = geometry.scale
+        ox, oy = geometry.offset
+        scale = np.array([sx, sy, sx, sy], dtype=np.float32)
+        offset = np.array([ox, oy, ox, oy], dtype=np.float32)
+        slot[: len(boxes)] = boxes * scale + offset
+    return padded

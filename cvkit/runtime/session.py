@@ -19,7 +19,7 @@ providers are checked after the session is created (``session.get_providers()``)
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +131,17 @@ class OnnxModel:
         logger.info("%s runs on %s", self.path.name, self.providers[0])
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, str(self.path))
-        (self._input,) = self.session.get_inputs()
-        if self._input.type not in _DTYPES:
-            raise ModelFileError(f"{self.path}: unsupported input type {self._input.type}")
+        self._input, *extra = self.session.get_inputs()
+        for graph_input in (self._input, *extra):
+            if graph_input.type not in _DTYPES:
+                raise ModelFileError(
+                    f"{self.path}: unsupported type {graph_input.type} "
+                    f"of input {graph_input.name!r}"
+                )
         self.input_dtype = _DTYPES[self._input.type]
+        self.extra_inputs: dict[str, np.dtype] = {
+            graph_input.name: np.dtype(_DTYPES[graph_input.type]) for graph_input in extra
+        }
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     @property
@@ -167,8 +174,27 @@ class OnnxModel:
                     f"(axis {axis} is {size}, the graph needs {want})"
                 )
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the graph on a pre-processed batch ``[B, 3, H, W]``; outputs by name."""
+    def run(
+        self, batch: np.ndarray, extra: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the graph on a pre-processed batch ``[B, 3, H, W]``; outputs by name.
+
+        ``extra`` holds the graph's inputs after the images (:attr:`extra_inputs`, e.g. Fast
+        R-CNN's ``proposals [B, P, 4]``), by name; a graph of the images alone takes none.
+
+        Raises:
+            InputError: a bad batch, or ``extra`` lacks a graph input or names one the graph
+                does not have.
+        """
         self.check_batch(batch)
-        outputs = self.session.run(self.output_names, {self._input.name: batch})
+        extra = dict(extra or {})
+        if set(extra) != set(self.extra_inputs):
+            raise InputError(
+                f"{self.path}: the graph takes {sorted(self.extra_inputs) or 'no inputs'} beside "
+                f"the images, got {sorted(extra) or 'none'}"
+            )
+        feeds = {self._input.name: batch}
+        for name, dtype in self.extra_inputs.items():
+            feeds[name] = np.ascontiguousarray(extra[name], dtype=dtype)
+        outputs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs, strict=True))

@@ -55,7 +55,7 @@ class Stylizer(Predictor):
         return batch, [geometry] * len(images)
 
     def _chunks(
-        self, images: list[np.ndarray]
+        self, images: list[np.ndarray], per_image: list[Any] | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], list[Geometry]]]:
         """Runs of consecutive images of one size, at most ``batch_size`` long."""
         start = 0
@@ -66,7 +66,8 @@ class Stylizer(Predictor):
                 if images[end].shape != shape:
                     break
                 end += 1
-            yield from super()._chunks(images[start:end])
+            given = None if per_image is None else per_image[start:end]
+            yield from super()._chunks(images[start:end], given)
             start = end
 
     def _postprocess(

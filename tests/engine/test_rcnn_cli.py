@@ -1,12 +1,14 @@
 """``cvkit train``, ``eval``, ``predict`` and ``export`` with ``configs/rcnn.yaml`` and
 ``configs/fast_rcnn.yaml`` on a tiny synthetic set: the evaluation of ``best.pt`` repeats the
 training's validation metrics, the predictions of the validation images lie inside them, and
-the images-only export fails with a message (the proposals must be a graph input)."""
+R-CNN's images-only export fails with a message (the proposals must be a graph input) while
+Fast R-CNN's exports with the proposals as its second input."""
 
 import json
 from pathlib import Path
 
 import cv2
+import onnxruntime as ort
 import pytest
 
 from cvkit.cli import main
@@ -52,9 +54,16 @@ def test_train_eval_predict_from_the_command_line(name, tmp_path, capsys):
         predict = ["predict", *map(str, images), "--weights", weights, "--out", str(out)]
         assert main([*predict, "--score-threshold", "0.0"]) == 0
         capsys.readouterr()
-        # selective search is no graph op: the images-only export says what to do instead
-        assert main(["export", "--weights", weights]) != 0
-        assert "pass the proposals as an input" in capsys.readouterr().err
+        exported = main(["export", "--weights", weights])
+        if name == "rcnn":
+            # selective search is no graph op: the images-only export says what to do instead
+            assert exported != 0
+            assert "pass the proposals as an input" in capsys.readouterr().err
+        else:
+            # Fast R-CNN declares the proposals as the graph's second input
+            assert exported == 0
+            inputs = ort.InferenceSession(weights.replace(".pt", ".onnx")).get_inputs()
+            assert [graph_input.name for graph_input in inputs] == ["images", "proposals"]
     finally:
         setup_logging()  # detach the run folder's log file
     trained = json.loads((tmp_path / "t.json").read_text())

@@ -185,10 +185,10 @@ def test_gate_refuses_a_broken_calibration_and_leaves_no_file(trained, tmp_path,
         cv2.imwrite(str(constant / f"{index}.png"), np.zeros((64, 64, 3), np.uint8))
     out = tmp_path / "models" / "fcn_int8.onnx"
     argv = ["export", "--weights", str(weights), "--int8", "--calib", str(constant)]
-    assert main([*argv, "--out", str(out), "--max-drop", "0.01"]) != 0
+    assert main([*argv, "--out", str(out), "--max-drop", "0.001"]) != 0
     message = capsys.readouterr().err
     assert "refused" in message and "(int8)" in message and "(float)" in message
-    assert "--max-drop 0.01" in message
+    assert "--max-drop 0.001" in message
     assert list(out.parent.iterdir()) == []  # neither the file nor its temporary folder
 
 

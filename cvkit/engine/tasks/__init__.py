@@ -26,7 +26,9 @@ and how it is compared with torch (``export_*``), the ``.pt`` predictor
 (:meth:`Task.predict_folder`). The defaults fit a model whose ``model(images)`` returns
 logits; the runtime side is a :func:`cvkit.runtime.predictors.register_predictor` of the same
 name. ``get_task(name)`` imports the built-in task modules
-lazily, so registering needs no edit here beyond the module name in ``_BUILTIN``.
+lazily; a task defined outside cvkit registers with the decorator in the running process, or
+is provided by an installed package through a ``cvkit.tasks`` entry point
+(:mod:`cvkit.config.plugins`), so adding a task needs no edit here.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cvkit.config import Config
+from cvkit.config.plugins import TASK_GROUP, load_plugin, plugin_names
 from cvkit.config.schema import BUILTIN_TASKS
 from cvkit.errors import ConfigError, NotBuiltError
 from cvkit.logs import get_logger
@@ -186,23 +189,30 @@ class Task:
     def export_graph(
         cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     ) -> nn.Module:
-        """The module traced to ONNX; default: ``model(images)`` as float32 logits
+        """The module traced to ONNX: the model's own ``model.export_graph(metadata, options)``
+        when it defines one, else ``model(images)`` as float32 logits
         (:class:`cvkit.export.onnx.LogitsGraph`). ``model`` is already in eval mode (and
         float16 when ``options.half``)."""
         from cvkit.export.onnx import LogitsGraph
 
+        if hasattr(model, "export_graph"):
+            return model.export_graph(metadata, options)
         return LogitsGraph(model, options.half)
 
     @classmethod
     def export_outputs(cls, metadata: ModelMetadata) -> tuple[str, ...]:
-        """Names of the exported graph's outputs, in :meth:`export_graph`'s order."""
+        """Names of the exported graph's outputs, in :meth:`export_graph`'s order, for a model
+        that declares none itself (a model's ``export_output_names(metadata)`` takes
+        precedence, see :func:`cvkit.export.onnx.export_output_names`)."""
         return ("logits",)
 
     @classmethod
     def export_dynamic_axes(
         cls, input_name: str, outputs: tuple[str, ...]
     ) -> dict[str, dict[int, str]]:
-        """Dynamic axes of a ``--dynamic`` export; default: the batch axis of everything."""
+        """Dynamic axes of a ``--dynamic`` export of the images input and ``outputs``; default:
+        the batch axis of everything. Inputs a model declares after the images carry their own
+        (:func:`cvkit.export.onnx.export_inputs`)."""
         from cvkit.export.onnx import dynamic_axes
 
         return dynamic_axes((input_name, *outputs))
@@ -217,9 +227,9 @@ class Task:
         label: str,
     ) -> dict[str, float]:
         """Parity of onnxruntime's outputs ``got`` with torch's ``expected`` (numpy arrays in
-        :meth:`export_outputs` order); returns the largest difference per checked output and
-        raises :class:`~cvkit.errors.ExportError` beyond ``tolerances``
-        (:class:`cvkit.export.onnx.Tolerances`).
+        the graph's output order, :func:`cvkit.export.onnx.export_output_names`); returns the
+        largest difference per checked output and raises :class:`~cvkit.errors.ExportError`
+        beyond ``tolerances`` (:class:`cvkit.export.onnx.Tolerances`).
 
         Default: :func:`cvkit.export.onnx.compare_logits`.
         """
@@ -284,7 +294,8 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task(name: str) -> type[Task]:
-    """The task class registered under ``name`` (importing built-in task modules on demand).
+    """The task class registered under ``name`` (importing built-in task modules, or the
+    ``cvkit.tasks`` entry point of that name, on demand).
 
     Raises:
         ConfigError: no task of that name exists.
@@ -298,6 +309,8 @@ def get_task(name: str) -> type[Task]:
                 raise
             raise NotBuiltError(f"task {name!r}: {_BUILTIN[name]} has not landed yet") from None
     if name not in _REGISTRY:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN))
+        load_plugin(TASK_GROUP, name)
+    if name not in _REGISTRY:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN) | set(plugin_names(TASK_GROUP)))
         raise ConfigError(f"task: unknown task {name!r}; known tasks: {', '.join(known)}")
     return _REGISTRY[name]

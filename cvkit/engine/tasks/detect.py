@@ -145,27 +145,38 @@ class DetectTask(Task):
     def export_graph(
         cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     ) -> nn.Module:
-        """``model.candidates`` then, with ``options.nms``, padded NMS
-        (:class:`cvkit.export.onnx.DetectorGraph`), and the masks of the detections when
-        ``metadata.mask_size`` is set (:class:`cvkit.export.onnx.MaskDetectorGraph`).
+        """The model's own ``model.export_graph(metadata, options)`` when it defines one, else
+        ``model.candidates`` then, with ``options.nms``, padded NMS
+        (:class:`cvkit.export.onnx.DetectorGraph`; inputs the model declares after the images,
+        ``model.export_inputs``, are passed on to ``candidates``), and the masks of the
+        detections when the model declares a ``masks`` output
+        (:class:`cvkit.export.onnx.MaskDetectorGraph`).
 
         Raises:
             ExportError: the model has no ``candidates(images)`` method, or masks are asked
-                for without NMS in the graph.
+                for without NMS in the graph or without ``metadata.mask_size``.
         """
-        from cvkit.export.onnx import DetectorGraph, MaskDetectorGraph
+        from cvkit.export.onnx import DetectorGraph, MaskDetectorGraph, export_output_names
 
+        if hasattr(model, "export_graph"):
+            return model.export_graph(metadata, options)
         if not hasattr(model, "candidates"):
             raise ExportError(
                 f"{type(model).__name__} has no candidates(images) method; detectors must "
                 "implement it to be exported"
             )
-        if metadata.mask_size and not options.nms:
+        masks = "masks" in export_output_names(model, metadata)
+        if masks and not (options.nms and metadata.nms_in_graph):
             raise ExportError(
                 f"{type(model).__name__}: masks are computed for the detections after NMS; "
                 "export it with NMS in the graph (export.nms)"
             )
-        graph = MaskDetectorGraph if metadata.mask_size else DetectorGraph
+        if masks and not metadata.mask_size:
+            raise ExportError(
+                f"{type(model).__name__} exports masks but metadata.mask_size is 0: its "
+                "model section must set mask_roi_size"
+            )
+        graph = MaskDetectorGraph if masks else DetectorGraph
         return graph(
             model,
             options.nms,
@@ -180,10 +191,10 @@ class DetectTask(Task):
     @classmethod
     def export_outputs(cls, metadata: ModelMetadata) -> tuple[str, ...]:
         """``boxes, scores, labels, num_dets`` with NMS in the graph, else the candidates'
-        ``boxes, scores``."""
+        ``boxes, scores``; a model adds outputs (Mask R-CNN's ``masks``) by declaring
+        ``export_output_names(metadata)``."""
         if metadata.nms_in_graph:
-            masks = ("masks",) if metadata.mask_size else ()
-            return ("boxes", "scores", "labels", "num_dets", *masks)
+            return ("boxes", "scores", "labels", "num_dets")
         return ("boxes", "scores")
 
     @classmethod
@@ -195,11 +206,16 @@ class DetectTask(Task):
         tolerances: Any,
         label: str,
     ) -> dict[str, float]:
-        """:func:`cvkit.export.onnx.compare_detections`; masks of the real detections within
-        the score tolerance."""
-        from cvkit.export.onnx import compare_detections
+        """:func:`cvkit.export.onnx.compare_detections` on the detection outputs; masks (the
+        next output with ``metadata.mask_size``) of the real detections within the score
+        tolerance; any further output a model declares as logits
+        (:func:`cvkit.export.onnx.compare_logits`, reported as ``extra``)."""
+        from cvkit.export.onnx import compare_detections, compare_logits
 
-        differences = compare_detections(expected[:4], got[:4], metadata, tolerances, label)
+        standard = len(cls.export_outputs(metadata))
+        differences = compare_detections(
+            expected[:standard], got[:standard], metadata, tolerances, label
+        )
         if metadata.nms_in_graph and metadata.mask_size:
             valid = np.arange(got[4].shape[1])[None, :] < got[3][:, None]
             diff = float(np.abs(got[4][valid] - expected[4][valid]).max(initial=0.0))
@@ -208,6 +224,10 @@ class DetectTask(Task):
                     f"{label}: parity check failed: masks differ from torch by up to {diff:.3g}"
                 )
             differences["masks"] = diff
+            standard += 1
+        if len(got) > standard:
+            extra = compare_logits(expected[standard:], got[standard:], tolerances, label)
+            differences["extra"] = extra["logits"]
         return differences
 
     @classmethod

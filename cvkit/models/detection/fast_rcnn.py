@@ -172,6 +172,45 @@ class FastRCNN(ProposalDetector):
         features = [self.features(batch.tensor)]
         return self.roi_heads.candidates(features, padded, batch.image_sizes)
 
+    def export_inputs(self, images: Tensor) -> dict[str, tuple[Tensor, dict[int, str]]]:
+        """The exported graph's input after ``images`` (the export contract): ``proposals
+        float32 [B, P, 4]``, xyxy input pixels, each image's real boxes first and rows of zero
+        width or height as padding (:func:`padded_input`), batch and ``P`` dynamic.
+
+        Selective search is no graph op, so the caller computes the proposals
+        (:class:`cvkit.runtime.Detector` takes them as ``predict(images, proposals=...)``).
+        The example has ``P = topk_candidates // num_classes + 1`` rows, so that the traced
+        graph keeps the best ``topk_candidates`` (proposal, class) pairs as the eager model
+        does (a caller pads its proposals to at least that many rows), and fewer real ones
+        in each next image. Its boxes are distinct rectangles of whole feature-map cells in a
+        seeded order (RoI max pooling reads whole cells: two boxes over the same cells would
+        score alike and their order after NMS would be a tie), repeated only when the map has
+        fewer rectangles than rows.
+
+        Args:
+            images (Tensor[B, 3, H, W]): the example images.
+        """
+        batch, _, height, width = images.shape
+        rows = self.options.topk_candidates // self.num_classes + 1
+        generator = torch.Generator().manual_seed(0)
+        spans = []
+        for cells in (-(-width // self.stride), -(-height // self.stride)):
+            start, stop = torch.triu_indices(cells, cells)
+            spans.append(torch.stack([start, stop], dim=1).float() * self.stride)
+        columns, lines = spans
+        pick = torch.randperm(len(columns) * len(lines), generator=generator)
+        pick = pick.repeat(-(-rows // len(pick)))[:rows]
+        x_span, y_span = columns[pick // len(lines)], lines[pick % len(lines)]
+        # a quarter cell past the last cell's start: rounds to that cell, positive width
+        boxes = (
+            torch.stack([x_span[:, 0], y_span[:, 0], x_span[:, 1], y_span[:, 1]], dim=1)
+            + torch.tensor([0.0, 0.0, 0.25, 0.25]) * self.stride
+        )
+        boxes = boxes.repeat(batch, 1, 1)
+        real = rows - torch.arange(batch) * rows // (2 * batch)
+        boxes[torch.arange(rows)[None, :] >= real[:, None]] = 0.0
+        return {"proposals": (boxes.to(images.device), {0: "batch", 1: "proposals"})}
+
     @property
     def size_divisibility(self) -> int:
         """The shared map's stride: pad images to it so every cell covers whole pixels."""

@@ -44,6 +44,10 @@ class FasterRCNN(Detector):
         body_lr_mult, head_lr_mult: learning-rate multipliers of the backbone and the rest.
     """
 
+    selects_proposals = True
+    """Candidate slots come from the RPN's top-k and NMS, so a float16 copy's slots are not
+    comparable one by one with float32's (the export compares its detections instead)."""
+
     def __init__(
         self,
         backbone: Backbone,

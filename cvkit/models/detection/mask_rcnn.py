@@ -29,8 +29,8 @@ from cvkit.models.detection.mask_heads import (
     mask_loss,
     paste_masks_in_image,
 )
-from cvkit.models.detection.roi_heads import rois_from_padded
-from cvkit.ops.roi import multiscale_roi_align
+from cvkit.models.detection.roi_heads import pool_in_roi_precision, rois_from_padded
+from cvkit.ops.roi import boxes_to_rois, multiscale_roi_align
 from cvkit.structures import ImageBatch, Instances, Target
 
 
@@ -70,6 +70,12 @@ class MaskRCNN(FasterRCNN):
             options.mask_layers[-1], options.mask_dim_reduced, num_classes + 1
         )
 
+    def export_output_names(self, metadata: object) -> tuple[str, ...]:
+        """The exported graph's outputs (the export contract): the padded detections
+        ``boxes, scores, labels, num_dets`` and ``masks [B, K, M, M]``, each detection's mask
+        probabilities of its class in the frame of its box (:meth:`padded_masks`)."""
+        return ("boxes", "scores", "labels", "num_dets", "masks")
+
     def mask_logits(self, roi_features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Per-class mask logits of RoIs.
 
@@ -81,7 +87,8 @@ class MaskRCNN(FasterRCNN):
             ``Tensor[K, C + 1, 2r, 2r]`` (``r = mask_roi_size``; channel ``c + 1`` is class
             ``c``), RoIs in the order of ``torch.cat(boxes)``.
         """
-        return self.mask_predictor(self.mask_head(self.mask_pool(roi_features, boxes)))
+        pooled = pool_in_roi_precision(self.mask_pool, roi_features, boxes_to_rois(boxes))
+        return self.mask_predictor(self.mask_head(pooled))
 
     def padded_masks(
         self, features: OrderedDict[str, Tensor], boxes: Tensor, labels: Tensor
@@ -115,7 +122,9 @@ class MaskRCNN(FasterRCNN):
             images (Tensor[B, 3, H, W] or ImageBatch): normalized images.
             targets: training only; one :class:`~cvkit.structures.Target` per image with
                 ``boxes`` [N, 4] xyxy input pixels, ``labels`` [N] and ``masks`` [N, h, w]
-                (0/1, the image's input pixels; ``data.instance_masks: true`` provides them).
+                (0/1, the image's input pixels, dense or as
+                :class:`~cvkit.structures.CroppedMasks`; ``data.instance_masks: true``
+                provides them).
 
         Returns:
             training: ``{"rpn_cls", "rpn_box", "roi_cls", "roi_box", "roi_mask"}`` scalar

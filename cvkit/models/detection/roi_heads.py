@@ -69,6 +69,27 @@ def rois_from_padded(boxes: Tensor) -> Tensor:
     return torch.cat([index, boxes], dim=2).flatten(0, 1)
 
 
+def pool_in_roi_precision(pool: RoIPooler, features: Sequence[Tensor], rois: Tensor) -> Tensor:
+    """``pool(features, rois)`` computed in the dtype of ``rois``, returned in the features'.
+
+    A float16 network (``cvkit export --half``) keeps its proposals float32 (the RPN decodes
+    and selects them in float32), so the features are read in float32 here rather than the
+    RoIs rounded to float16: at 512 px float16 coordinates are off by up to 0.25 px, and box
+    areas above 65504 px² (sides over ~256 px) overflow, which would send large boxes to the
+    wrong FPN level. Equal dtypes (the float32 model) add no cast.
+
+    Args:
+        pool: the RoI pooler.
+        features: ``Tensor[B, C, H_l, W_l]`` per level, any floating dtype.
+        rois (Tensor[K, 5]): ``(image_index, x1, y1, x2, y2)`` input pixels.
+
+    Returns:
+        ``Tensor[K, C, r, r]`` of ``features[0]``'s dtype.
+    """
+    pooled = pool([level.to(rois.dtype) for level in features], rois)
+    return pooled.to(features[0].dtype)
+
+
 class RoIBoxHead(nn.Module):
     """Pooling, box head and predictor; sampling and losses in training.
 
@@ -107,8 +128,10 @@ class RoIBoxHead(nn.Module):
         self.positive_fraction = positive_fraction
 
     def predict(self, features: Sequence[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
-        """``rois [K, 5]`` → logits ``[K, C + 1]`` and offsets ``[K, C + 1, 4]``."""
-        logits, deltas = self.box_predictor(self.box_head(self.pool(features, rois)))
+        """``rois [K, 5]`` → logits ``[K, C + 1]`` and offsets ``[K, C + 1, 4]`` (pooled in the
+        RoIs' precision, :func:`pool_in_roi_precision`)."""
+        pooled = pool_in_roi_precision(self.pool, features, rois)
+        logits, deltas = self.box_predictor(self.box_head(pooled))
         return logits, deltas.reshape(deltas.shape[0], -1, 4)
 
     def sample(
