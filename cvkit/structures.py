@@ -6,6 +6,8 @@
 - :class:`Instances`: one image's detections (boxes, scores, labels, optional masks) — what a
   detector returns per image in eval mode.
 - :class:`Candidates`: a detector's pre-NMS outputs for export (possibly per-class boxes).
+- :class:`CroppedMasks`: instance masks kept as the crop of each mask's own region (what the
+  data pipeline carries instead of dense ``[N, H, W]`` masks).
 
 Boxes are always ``float32 (x1, y1, x2, y2)`` absolute pixels of the image they belong to.
 The torch-free twin of :class:`Instances` is :class:`cvkit.runtime.results.Detections`.
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,7 +115,8 @@ class Target:
         geometry: how the original image was placed into the input
             (``original = (input - offset) / scale``, original size).
         image_id: the dataset's image id (-1 when unknown).
-        masks: optional ``uint8 [N, H, W]`` instance masks in input pixels.
+        masks: optional instance masks in input pixels: ``uint8 [N, H, W]``, or the same masks
+            as :class:`CroppedMasks` (``to_dense()`` gives them back).
         semantic: optional ``int64 [H, W]`` class per pixel (255 = ignore).
     """
 
@@ -120,7 +124,7 @@ class Target:
     labels: Tensor
     geometry: Geometry
     image_id: int = -1
-    masks: Tensor | None = None
+    masks: Tensor | CroppedMasks | None = None
     semantic: Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Target:
@@ -205,3 +209,112 @@ class Candidates(NamedTuple):
     boxes: Tensor
     scores: Tensor
     masks: Tensor | None = None
+
+
+@dataclass
+class CroppedMasks:
+    """``N`` binary instance masks of an ``(H, W)`` image, each kept as the crop of its region.
+
+    A mask is zero outside its region (the tightest rectangle around its pixels), so the crops
+    hold the masks exactly: :meth:`to_dense` rebuilds the dense ``uint8 [N, H, W]`` masks bit
+    for bit. One flat buffer holds all crops (one tensor to share between loader workers, not
+    one per instance). Objects cover a small part of an image, so this costs about
+    ``sum of region areas`` bytes instead of ``N * H * W``.
+
+    Attributes:
+        data: ``uint8 [sum(h_i * w_i)]``, the crops one after another, each row-major.
+        regions: ``int64 [N, 4]`` ``(x1, y1, x2, y2)`` integer pixels of each crop, end
+            exclusive (``x1 == x2`` for an empty mask).
+        image_size: ``(H, W)``.
+    """
+
+    data: Tensor
+    regions: Tensor
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.regions.shape[0])
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(N, H, W)``: the shape of :meth:`to_dense`'s masks."""
+        return torch.Size((len(self), *self.image_size))
+
+    @property
+    def offsets(self) -> Tensor:
+        """``int64 [N + 1]``: where each crop starts in :attr:`data` (and where the last ends)."""
+        areas = (self.regions[:, 2] - self.regions[:, 0]) * (
+            self.regions[:, 3] - self.regions[:, 1]
+        )
+        return torch.cat([areas.new_zeros(1), areas.cumsum(0)])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by :attr:`data` and :attr:`regions`."""
+        return self.data.numel() + self.regions.numel() * 8
+
+    @classmethod
+    def from_dense(cls, masks: np.ndarray | Tensor) -> CroppedMasks:
+        """Crop ``[N, H, W]`` masks (0/1, any dtype) to their regions.
+
+        Raises:
+            ValueError: ``masks`` is not ``[N, H, W]``.
+        """
+        masks = masks.numpy() if isinstance(masks, Tensor) else np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(
+                f"CroppedMasks.from_dense: expected [N, H, W] masks, got {masks.shape}"
+            )
+        return cls.from_crops((mask for mask in masks), masks.shape[1:])
+
+    @classmethod
+    def from_crops(cls, masks, image_size: Sequence[int]) -> CroppedMasks:
+        """Crop masks given one at a time (an iterable of ``[H, W]`` 0/1 arrays), so that only
+        one dense mask at a time need exist."""
+        crops, regions = [], []
+        for mask in masks:
+            rows = np.flatnonzero(mask.any(axis=1))
+            if rows.size:
+                cols = np.flatnonzero(mask.any(axis=0))
+                x1, y1, x2, y2 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+                crops.append((mask[y1:y2, x1:x2] != 0).astype(np.uint8).ravel())
+            else:
+                x1 = y1 = x2 = y2 = 0
+            regions.append((x1, y1, x2, y2))
+        data = np.concatenate(crops) if crops else np.zeros(0, np.uint8)
+        boxes = np.array(regions, np.int64).reshape(-1, 4)
+        height, width = (int(side) for side in image_size)
+        return cls(torch.from_numpy(data), torch.from_numpy(boxes), (height, width))
+
+    def crop(self, index: int) -> Tensor:
+        """Mask ``index`` inside its region: ``uint8 [y2 - y1, x2 - x1]``."""
+        x1, y1, x2, y2 = self.regions[index].tolist()
+        start = int(self.offsets[index])
+        return self.data[start : start + (x2 - x1) * (y2 - y1)].reshape(y2 - y1, x2 - x1)
+
+    def to_dense(self, indices: Sequence[int] | Tensor | None = None) -> Tensor:
+        """The dense masks ``uint8 [K, H, W]`` (all ``N``, or those at ``indices`` in that
+        order), equal to the masks this was made from."""
+        chosen = range(len(self)) if indices is None else [int(i) for i in indices]
+        dense = self.data.new_zeros((len(chosen), *self.image_size))
+        for slot, index in zip(dense, chosen, strict=True):
+            x1, y1, x2, y2 = self.regions[index].tolist()
+            slot[y1:y2, x1:x2] = self.crop(index)
+        return dense
+
+    def __getitem__(self, index: np.ndarray | Tensor | Sequence[int]) -> CroppedMasks:
+        """The masks selected by a boolean mask or an index array, in that order."""
+        chosen = torch.as_tensor(np.asarray(index))
+        if chosen.dtype == torch.bool:
+            chosen = torch.nonzero(chosen).flatten()
+        parts = [self.crop(int(i)).flatten() for i in chosen]
+        data = torch.cat(parts) if parts else self.data.new_zeros(0)
+        return CroppedMasks(data, self.regions[chosen].reshape(-1, 4), self.image_size)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CroppedMasks:
+        """A copy on ``device``."""
+        return CroppedMasks(
+            self.data.to(device, non_blocking=non_blocking),
+            self.regions.to(device, non_blocking=non_blocking),
+            self.image_size,
+        )

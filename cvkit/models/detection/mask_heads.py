@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvkit.ops.roi import roi_align
+from cvkit.structures import CroppedMasks
 
 MASK_THRESHOLD = 0.5
 """Probability above which a pasted mask pixel belongs to the instance."""
@@ -77,12 +78,14 @@ class MaskPredictor(nn.Sequential):
 
 
 def project_masks_on_boxes(
-    gt_masks: Tensor, boxes: Tensor, matched: Tensor, resolution: int
+    gt_masks: Tensor | CroppedMasks, boxes: Tensor, matched: Tensor, resolution: int
 ) -> Tensor:
     """Crop and resample each RoI's matched ground-truth mask to ``resolution²``.
 
     Args:
-        gt_masks (Tensor[G, H, W]): one image's instance masks (0/1, any dtype), input pixels.
+        gt_masks (Tensor[G, H, W] or CroppedMasks): one image's instance masks (0/1, any
+            dtype), input pixels. Cropped masks are made dense only for the matched ground
+            truths (the same masks, so the same targets bit for bit).
         boxes (Tensor[K, 4]): RoIs ``(x1, y1, x2, y2)`` in the same pixels.
         matched (Tensor[K]): int64 index into ``gt_masks`` of each RoI's ground truth.
         resolution: side of the target grid (28).
@@ -91,6 +94,10 @@ def project_masks_on_boxes(
         Tensor[K, resolution, resolution] float soft targets in [0, 1] (RoIAlign with adaptive
         sampling, unaligned: torchvision's targets).
     """
+    if isinstance(gt_masks, CroppedMasks):
+        used = torch.unique(matched)
+        gt_masks = gt_masks.to_dense(used.tolist())
+        matched = torch.searchsorted(used, matched)
     rois = torch.cat([matched.to(boxes)[:, None], boxes], dim=1)
     return roi_align(gt_masks[:, None].to(boxes), rois, resolution)[:, 0]
 
@@ -98,7 +105,7 @@ def project_masks_on_boxes(
 def mask_loss(
     mask_logits: Tensor,
     boxes: Sequence[Tensor],
-    gt_masks: Sequence[Tensor],
+    gt_masks: Sequence[Tensor | CroppedMasks],
     gt_labels: Sequence[Tensor],
     matched: Sequence[Tensor],
 ) -> Tensor:
@@ -108,7 +115,8 @@ def mask_loss(
         mask_logits (Tensor[K, C + 1, M, M]): logits of the positive RoIs, images in order
             (channel 0 is the unused background).
         boxes: per image, the positive RoIs ``Tensor[p_i, 4]`` xyxy input pixels.
-        gt_masks: per image, ``Tensor[G_i, H, W]`` instance masks in input pixels.
+        gt_masks: per image, ``Tensor[G_i, H, W]`` instance masks in input pixels (or
+            :class:`~cvkit.structures.CroppedMasks` of them).
         gt_labels: per image, ``int64 [G_i]`` classes 0..C-1.
         matched: per image, ``int64 [p_i]`` ground-truth index of each positive RoI.
 
