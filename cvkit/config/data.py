@@ -47,8 +47,15 @@ class DataConfig(Section):
     :mod:`cvkit.data.transforms`; ``[]``: none). Every split then goes through the same final
     step chosen by ``resize``: ``letterbox`` (keep the aspect ratio, pad bottom/right) or
     ``resize`` (stretch) to ``image_size``, and normalization with ``mean``/``std``.
-    ``persistent_workers`` is off by default: fresh workers each epoch take their
-    augmentation seeds from the epoch's seed, which makes a resumed run exact.
+    Training samples take their augmentation seeds from (``seed``, epoch, sample index)
+    (:mod:`cvkit.data.sampling`), so workers persist across epochs and a resumed run is still
+    exact. ``workers: auto`` and ``cache: auto`` choose from the machine
+    (:func:`cvkit.resources.plan_cpu`, :mod:`cvkit.data.cache`).
+
+    Detection training can first combine samples (:mod:`cvkit.data.mosaic`): with probability
+    ``mosaic`` a sample becomes a mosaic of itself and three others, then with probability
+    ``mixup`` it is blended with a second one built the same way; ``augment`` and the fit step
+    follow. Both are off for the last ``close_mosaic`` epochs.
     """
 
     train: DatasetSource = Field(default_factory=lambda: DatasetSource(split="train"))
@@ -56,7 +63,12 @@ class DataConfig(Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     image_size: int = Field(256, ge=16, description="square model input size in pixels")
     batch_size: int = Field(16, gt=0)
-    workers: int = Field(2, ge=0)
+    workers: int | Literal["auto"] = Field(
+        "auto", description="loader processes (auto: from the cores and the load)"
+    )
+    cache: Literal["auto", "ram", "disk", "off"] = Field(
+        "auto", description="decoded-image cache (auto: ram when the split fits in memory)"
+    )
     skip_invalid: bool = Field(
         False, description="drop samples that fail the dataset check (logged) instead of failing"
     )
@@ -65,11 +77,30 @@ class DataConfig(Section):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pin_memory: bool | None = Field(None, description="None: pin when CUDA is available")
-    persistent_workers: bool = False
+    persistent_workers: bool = True
     instance_masks: bool = Field(False, description="add instance masks to detection targets")
+    mosaic: float = Field(0.0, ge=0, le=1, description="probability of a 4-image mosaic (detect)")
+    mixup: float = Field(0.0, ge=0, le=1, description="probability of blending two samples")
+    close_mosaic: int = Field(0, ge=0, description="last epochs without mosaic and mixup")
     cache_dir: Path | None = Field(
         None, description="cache folder (default: $CVKIT_CACHE_DIR or ~/.cache/cvkit)"
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 0:
+            raise ValueError(f"workers must be >= 0 or 'auto', got {workers}")
+        return workers
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, cache: Any) -> Any:
+        """YAML reads ``off``/``no``/``false`` as False and ``on``/``true`` as True (as
+        Ultralytics' ``cache=True`` means RAM)."""
+        if isinstance(cache, bool):
+            return "ram" if cache else "off"
+        return cache
 
     @field_validator("augment")
     @classmethod

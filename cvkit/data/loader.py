@@ -30,11 +30,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cvkit.config.data import DataConfig
+from cvkit.data.cache import ImageCache, build_cache
 from cvkit.data.records import Records
+from cvkit.data.sampling import SampleKey, SeededSampler
 from cvkit.data.transforms import SampleTransform, build_transform
 from cvkit.errors import ConfigError
 from cvkit.geometry import normalization
-from cvkit.structures import Target
+from cvkit.resources import available_cpus, resolve_workers
+from cvkit.structures import CroppedMasks, Target
 
 TASKS = ("detect", "segment")
 
@@ -48,6 +51,7 @@ class RecordsDataset(Dataset):
         task: ``detect`` (boxes, labels [, masks]) or ``segment`` (adds ``semantic``; the
             classes gain a leading ``background`` class, semantic value 0).
         instance_masks: add ``masks`` to detection targets.
+        cache: decoded images to read instead of the files (``data.cache``), or None.
 
     Attributes:
         classes: class names the model predicts.
@@ -60,6 +64,7 @@ class RecordsDataset(Dataset):
         transform: SampleTransform,
         task: str = "detect",
         instance_masks: bool = False,
+        cache: ImageCache | None = None,
     ) -> None:
         if task not in TASKS:
             raise ConfigError(f"task: cvkit.data builds datasets for {TASKS}, not {task!r}")
@@ -67,6 +72,7 @@ class RecordsDataset(Dataset):
         self.transform = transform
         self.task = task
         self.instance_masks = instance_masks
+        self.cache = cache
         self.classes = (
             ["background", *records.classes] if task == "segment" else list(records.classes)
         )
@@ -76,13 +82,19 @@ class RecordsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
-        """``(image uint8 [3, S, S], target)``; the collate function normalizes the batch."""
+    def __getitem__(self, key: int | SampleKey) -> tuple[Tensor, Target]:
+        """``(image uint8 [3, S, S], target)``; the collate function normalizes the batch.
+
+        ``key``: a :class:`~cvkit.data.sampling.SampleKey` (the training sampler's: its seed
+        fixes the augmentation) or an index (the augmentation seed is drawn from torch's RNG).
+        """
+        if isinstance(key, SampleKey):
+            index, seed = key.index, key.seed
+        else:
+            index, seed = int(key), int(torch.randint(0, 2**31 - 1, ()).item())
         sample = self.records.samples[index]
-        # Draw the augmentation seed from torch's RNG: it is seeded per worker and epoch by the
-        # loader (or restored with the checkpoint when loading in the main process).
-        self.transform.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))
-        image = sample.load_image()
+        self.transform.reseed(seed)
+        image = self.cache.image(index, sample) if self.cache is not None else sample.load_image()
         keep = ~sample.iscrowd
         masks = None
         needs_masks = self.instance_masks or (
@@ -98,9 +110,7 @@ class RecordsDataset(Dataset):
             # The fit step's scale and offset, relative to the image as read from disk.
             geometry=dataclasses.replace(out.geometry, orig_size=image.shape[:2]),
             image_id=int(sample.image_id),
-            masks=torch.from_numpy(out.masks)
-            if self.instance_masks and out.masks is not None
-            else None,
+            masks=mask_target(out.masks) if self.instance_masks else None,
             semantic=None
             if out.semantic is None
             else torch.from_numpy(out.semantic.astype(np.int64)),
@@ -119,6 +129,14 @@ class RecordsDataset(Dataset):
 
             self._ground_truth = coco_dict(self.records, include_segmentation=False)
         return self._ground_truth
+
+
+def mask_target(masks: np.ndarray | CroppedMasks | None) -> Tensor | CroppedMasks | None:
+    """A transform's instance masks as :attr:`Target.masks`: ``uint8 [N, S, S]`` as a tensor,
+    :class:`~cvkit.structures.CroppedMasks` as they are."""
+    if masks is None or isinstance(masks, CroppedMasks):
+        return masks
+    return torch.from_numpy(masks)
 
 
 class Collate:
@@ -140,12 +158,15 @@ class Collate:
         return images, [target for _, target in batch]
 
 
-def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) -> RecordsDataset:
+def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) -> Dataset:
     """The ``train`` or ``val`` split named by ``data_cfg``, checked and ready for ``task``.
 
     With no ``path`` the split comes from the cached synthetic dataset
     (:func:`cvkit.data.synthetic.synthetic_root` with ``data.synthetic`` and
     ``data.cache_dir``). The split is checked first (:func:`validate_for_training`).
+    Instance masks (``data.instance_masks``) come as :class:`~cvkit.structures.CroppedMasks`;
+    the detection training split is wrapped for ``data.mosaic``/``data.mixup``
+    (:func:`cvkit.data.mosaic.with_multi_sample`: a :class:`RecordsDataset` when both are 0).
 
     Raises:
         ConfigError: ``split`` is not train/val or the task is not detect/segment.
@@ -153,7 +174,8 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
     """
     from cvkit.data.check import load_checked_records, validate_for_training
     from cvkit.data.formats.coco import read_coco
-    from cvkit.data.synthetic import annotation_path, synthetic_root
+    from cvkit.data.mosaic import with_multi_sample
+    from cvkit.data.synthetic import annotation_path, cache_root, synthetic_root
 
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', not {split!r}")
@@ -176,8 +198,15 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
     else:
         records, extra = load_checked_records(source.path, source.images, source.split or split)
     records = validate_for_training(records, data_cfg.skip_invalid, extra)
-    transform = build_transform(data_cfg, task, train=split == "train", seed=seed)
-    return RecordsDataset(records, transform, task, data_cfg.instance_masks)
+    compact = task == "detect" and data_cfg.instance_masks
+    transform = build_transform(data_cfg, task, split == "train", seed, compact_masks=compact)
+    cache = build_cache(
+        data_cfg.cache, records.samples, cache_root(data_cfg.cache_dir), split, available_cpus()
+    )
+    dataset = RecordsDataset(records, transform, task, data_cfg.instance_masks, cache)
+    if split == "train" and task == "detect":
+        return with_multi_sample(dataset, data_cfg)
+    return dataset
 
 
 def build_loader(
@@ -185,16 +214,19 @@ def build_loader(
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with the config's batch size, workers and pinning.
 
-    Training shuffles (a :class:`DistributedSampler` under DDP) and drops the last partial
-    batch when there is more than one batch; shuffling and augmentation seeds derive from
-    ``seed`` through the loader's generator.
+    Training shuffles (through a :class:`~cvkit.data.sampling.SeededSampler`, over a
+    :class:`DistributedSampler` under DDP) and drops the last partial batch when there is more
+    than one batch. Its samples are :class:`~cvkit.data.sampling.SampleKey` s whose seeds, like
+    the shuffle, derive from ``seed``, the epoch (``loader.sampler.set_epoch``) and the sample
+    index only. ``data.workers: auto`` takes :func:`cvkit.resources.plan_cpu`'s count.
     """
-    sampler = (
-        DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False)
-        if distributed
-        else None
-    )
-    workers = data_cfg.workers
+    sampler = None
+    if train:
+        order = DistributedSampler(dataset, shuffle=True, seed=seed) if distributed else None
+        sampler = SeededSampler(dataset, seed, shuffle=True, order=order)
+    elif distributed:
+        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+    workers = resolve_workers(data_cfg.workers)
     if workers > 0:
         # OpenCV's thread pool does not survive fork(): a worker whose first cv2 call touches
         # the pool inherited mid-use can hang. Serial OpenCV (as detectron2 and mmcv set it) is
@@ -204,7 +236,6 @@ def build_loader(
     return DataLoader(
         dataset,
         batch_size=data_cfg.batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
         collate_fn=Collate(data_cfg.mean, data_cfg.std),
