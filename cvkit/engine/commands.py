@@ -24,6 +24,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import torch
 from cvkit.config import Config, load_config
 from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
+from cvkit.engine.callbacks.builtin import AdaptThreads
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.environment import (
     available_cpus,
@@ -126,6 +128,8 @@ def _train(
     if threads is None and info.enabled:
         threads = max(1, available_cpus() // info.local_world_size)
     configure_threads(threads)
+    if threads is None and not os.environ.get("OMP_NUM_THREADS"):
+        callbacks = [AdaptThreads(), *callbacks]
     device = select_device(config.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from cvkit.errors import ConfigError
+from cvkit.resources import available_cpus, plan_cpu
+
+__all__ = ["available_cpus", "configure_threads", "seed_everything", "select_device"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -46,22 +49,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask, not the host's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def configure_threads(num_threads: int | None = None) -> int:
     """Set torch's intra-op thread count and return it.
 
     Uses ``num_threads`` when given, else ``OMP_NUM_THREADS`` when set, else the cores this
-    process may use, so a 2-core container does not run 64 oversubscribed threads.
+    process may use that other processes leave free now (:func:`cvkit.resources.plan_cpu`),
+    so a 2-core container does not run 64 oversubscribed threads and a busy laptop does not
+    run two threads on one free core.
     """
     if num_threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
-        num_threads = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
+        num_threads = int(env) if env.isdigit() and int(env) > 0 else plan_cpu().threads
     torch.set_num_threads(num_threads)
     return num_threads

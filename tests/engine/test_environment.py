@@ -1,18 +1,17 @@
 """Device choice, seeding and thread configuration."""
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from cvkit.engine.environment import (
-    available_cpus,
-    configure_threads,
-    seed_everything,
-    select_device,
-)
+from cvkit import resources
+from cvkit.engine.environment import configure_threads, seed_everything, select_device
 from cvkit.errors import ConfigError
+from cvkit.resources import plan_cpu, process_cpu_seconds, threads_for
 
 
 def test_auto_device_matches_cuda_availability():
@@ -51,6 +50,46 @@ def test_configure_threads(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert configure_threads() == 2
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert configure_threads() == available_cpus()
+        assert configure_threads() == plan_cpu().threads
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU plan")
+def test_threads_leave_the_cores_other_processes_use(monkeypatch):
+    assert [threads_for(busy, 4) for busy in (0.0, 0.4, 1.0, 2.6, 9.0)] == [4, 4, 3, 1, 1]
+    plan_cpu.cache_clear()
+    monkeypatch.setattr(resources, "available_cpus", lambda: 2)
+    monkeypatch.setattr(resources, "busy_cores", lambda: 1.0)  # a second job on one core
+    try:
+        assert plan_cpu() == resources.CpuPlan(cores=2, busy=1.0, threads=1, workers=0)
+        plan_cpu.cache_clear()
+        monkeypatch.setattr(resources, "available_cpus", lambda: 8)
+        monkeypatch.setattr(resources, "busy_cores", lambda: 0.0)
+        assert plan_cpu() == resources.CpuPlan(cores=8, busy=0.0, threads=6, workers=2)
+        assert resources.resolve_workers("auto") == 2 and resources.resolve_workers(0) == 0
+        plan_cpu.cache_clear()
+        monkeypatch.setattr(resources, "busy_cores", lambda: 3.0)  # 5 free: 1 worker, 4 threads
+        assert plan_cpu() == resources.CpuPlan(cores=8, busy=3.0, threads=4, workers=1)
+    finally:
+        plan_cpu.cache_clear()
+
+
+def test_process_cpu_counts_live_workers():
+    """A busy child process's CPU time is counted as this process's (it is a worker)."""
+    code = (
+        "import time\n"
+        "end = time.process_time() + 0.5\n"
+        "while time.process_time() < end: pass\n"
+        "print(time.process_time(), flush=True)\n"
+        "time.sleep(30)"
+    )
+    before = process_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child_cpu = float(child.stdout.readline())
+        counted = process_cpu_seconds() - before
+        assert child_cpu - 0.05 <= counted <= child_cpu + 0.3
+    finally:
+        child.kill()
+        child.wait()

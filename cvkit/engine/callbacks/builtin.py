@@ -5,6 +5,9 @@
   (:class:`~cvkit.engine.ema.ModelEMA`); the trainer validates and deploys it.
 - :class:`TimeBudget`: ``train.time`` minutes: the epochs and the LR schedule are re-fitted
   after every epoch so the run ends within the budget (Ultralytics' ``time=``).
+- :class:`AdaptThreads`: after each epoch the compute threads follow the cores other
+  processes left free during it (:mod:`cvkit.resources`); ``cvkit train`` adds it when
+  ``train.threads`` and ``OMP_NUM_THREADS`` are unset.
 - :class:`EarlyStopping`: ``train.patience`` validations without a better ``best_metric`` stop.
 - :class:`MetricsLogger`: ``metrics.jsonl``/``metrics.csv`` rows and ``plots/curves.png``.
 - :class:`Checkpointer`: ``weights/last.pt`` every epoch, ``weights/best.pt`` on improvement.
@@ -28,6 +31,7 @@ from cvkit.engine.ema import ModelEMA
 from cvkit.engine.history import MetricsHistory, plot_curves
 from cvkit.errors import CvkitError
 from cvkit.logs import get_logger
+from cvkit.resources import LoadMonitor, threads_for
 
 if TYPE_CHECKING:
     from cvkit.config import Config
@@ -157,6 +161,42 @@ class TimeBudget(Callback):
         self.used = float(state.get("used", 0.0))
         planned = state.get("planned")
         self.planned = None if planned is None else int(planned)
+
+
+class AdaptThreads(Callback):
+    """Keep torch's compute threads to the cores other processes leave free.
+
+    After each training epoch the cores other processes used during it
+    (:class:`~cvkit.resources.LoadMonitor`) give the thread count for the next one
+    (:func:`~cvkit.resources.threads_for`): a second CPU-bound job started beside training
+    costs it one core, not every parallel op's speed. Threads change only between epochs.
+    Float reductions round differently on another thread count, so a run resumed on another
+    count is not bit-identical to an uninterrupted one: set ``train.threads`` for that.
+    """
+
+    name = "adapt_threads"
+
+    def __init__(self) -> None:
+        self.monitor: LoadMonitor | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Start measuring."""
+        self.monitor = LoadMonitor()
+
+    def on_train_epoch_end(self, trainer: Trainer, train_row: dict[str, float]) -> None:
+        """Re-plan the thread count from the load of the epoch that ended."""
+        import torch
+
+        busy = self.monitor.sample() if self.monitor is not None else None
+        if busy is None:
+            return
+        # the loader's workers run beside the compute threads on the free cores
+        threads = max(1, threads_for(busy) - trainer.train_loader.num_workers)
+        if threads != torch.get_num_threads():
+            logger.info(
+                "other processes kept %.1f cores busy: training on %d threads", busy, threads
+            )
+            torch.set_num_threads(threads)
 
 
 class EarlyStopping(Callback):

@@ -32,6 +32,7 @@ from cvkit.data.classification import ObjectCropDataset
 from cvkit.engine.tasks import Task, register_task
 from cvkit.errors import DatasetError
 from cvkit.logs import get_logger
+from cvkit.resources import resolve_workers
 
 logger = get_logger("classify")
 # Synthetic shapes are convex: a visible mask filling less of its hull than this is occluded.
@@ -100,7 +101,7 @@ class ClassifyTask(Task):
             batch_size=data.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            num_workers=data.workers,
+            num_workers=resolve_workers(data.workers),
             drop_last=train and len(dataset) > data.batch_size,
             generator=generator,
             persistent_workers=False,
