@@ -44,7 +44,15 @@ class TrainConfig(Section):
         description="wall-clock budget in minutes: after each epoch the number of epochs (and "
         "the LR schedule) is re-fitted so the run ends within it; overrides epochs",
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: cores / ranks)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads (default: the cores other processes leave free, re-checked "
+        "every epoch; cores / ranks under torchrun)",
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="train convolutions in channels-last memory order (auto: on the CPU)"
+    )
     plots: bool = True
 
     @model_validator(mode="after")

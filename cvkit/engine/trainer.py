@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cvkit.config import Config, config_to_dict
+from cvkit.data.mosaic import multi_sample_epoch
 from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
 from cvkit.engine.callbacks.builtin import (
@@ -78,6 +79,15 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if bf16 else torch.float16
 
 
+def use_channels_last(mode: bool | str, device: torch.device, model: nn.Module) -> bool:
+    """``train.channels_last``: ``auto`` is on for a model with 2-D convolutions trained on the
+    CPU, where oneDNN's channels-last kernels are faster (measured in
+    ``benchmarks/results/train.md``), and off on CUDA (where AMP picks its own layouts)."""
+    if mode != "auto":
+        return bool(mode)
+    return device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 class Trainer:
     """Trains ``model`` on ``train_loader`` for ``config.train.epochs`` epochs.
 
@@ -115,6 +125,8 @@ class Trainer:
         self.task = task
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
+        if use_channels_last(cfg.channels_last, self.device, self.model):
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.run = run
@@ -221,6 +233,8 @@ class Trainer:
                 break
             epoch = self.epoch
         result = self.best_metrics or dict(train_row)
+        # hand the model back in the layout it came in (and that a reloaded checkpoint has)
+        self.model.to(memory_format=torch.contiguous_format)
         self._call("on_train_end", result)
         return result
 
@@ -440,11 +454,15 @@ class Trainer:
             logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def _seed_loader(self, epoch: int) -> None:
-        """Make the epoch's shuffling and augmentation seeds a function of (seed, epoch)."""
+        """Make the epoch's shuffling and augmentation seeds a function of (seed, epoch), and
+        switch multi-sample transforms (mosaic, mixup) off for the last ``data.close_mosaic``."""
         loader = self.train_loader
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(sampler, "multi_sample"):
+            close = self.config.data.close_mosaic
+            sampler.multi_sample = multi_sample_epoch(epoch, self.epochs, close)
         seed = self.config.seed * 100_003 + epoch
         for generator in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
             if isinstance(generator, torch.Generator):

@@ -2,7 +2,8 @@
 
 Every function takes an IoU matrix ``Tensor[A, G]`` (anchors × ground-truth boxes, e.g.
 ``box_iou(anchors, gt_boxes)``) and returns, per anchor, the index of its ground-truth box or a
-negative code. They are per image; loop (or pad) over a batch.
+negative code. They are per image, except :func:`greedy_assign_batched`, which takes a padded
+batch ``Tensor[B, A, G]`` and equals :func:`greedy_assign` image by image.
 """
 
 from __future__ import annotations
@@ -55,6 +56,47 @@ def greedy_assign(iou: Tensor, iou_threshold: float = 0.5) -> Tensor:
         matched[anchor] = gt
         remaining[anchor, :] = -1
         remaining[:, gt] = -1
+    return matched
+
+
+def greedy_assign_batched(iou: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """:func:`greedy_assign` of every image of a batch at once.
+
+    Images with fewer ground truths than ``G`` pad their columns with a negative IoU (e.g.
+    -1): padded columns never match. The first step runs ``min(A, G)`` rounds over the whole
+    batch instead of one round per ground truth of each image (one host synchronisation per
+    round, to stop when nothing is left to match).
+
+    Args:
+        iou (Tensor[B, A, G]): IoU of every anchor with every (padded) ground-truth box.
+        iou_threshold: minimum IoU for the second step.
+
+    Returns:
+        Tensor[B, A] int64: ground-truth index per anchor, or :data:`BACKGROUND` (-1); equal to
+        ``greedy_assign(iou[b, :, :g_b])`` for each image ``b`` with ``g_b`` real columns.
+    """
+    if iou.ndim != 3:
+        raise BoxError(
+            f"iou must be a [batch, anchors, ground truths] tensor, got {tuple(iou.shape)}"
+        )
+    batch, num_anchors, num_gt = iou.shape
+    if num_gt == 0 or num_anchors == 0:
+        return torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=iou.device)
+    best_iou, best_gt = iou.max(dim=2)
+    matched = torch.where(best_iou >= iou_threshold, best_gt, BACKGROUND)
+    remaining = iou.clone()
+    flat = remaining.view(batch, -1)
+    images = torch.arange(batch, device=iou.device)
+    for _ in range(min(num_anchors, num_gt)):
+        value, index = flat.max(dim=1)
+        found = value > 0
+        if not bool(found.any()):
+            break
+        rows, index = images[found], index[found]
+        anchor, gt = index // num_gt, index % num_gt
+        matched[rows, anchor] = gt
+        remaining[rows, anchor, :] = -1
+        remaining[rows, :, gt] = -1
     return matched
 
 

@@ -181,11 +181,12 @@ def test_fit_stage_runs_in_training_and_the_checkpoint_carries_the_svms(tmp_path
         torch.testing.assert_close(have.boxes, want.boxes, rtol=0, atol=0)
         torch.testing.assert_close(have.scores, want.scores, rtol=0, atol=0)
         torch.testing.assert_close(have.labels, want.labels, rtol=0, atol=0)
-    # refitting on the images in order (the Trainer's loader was shuffled) gives the same SVMs
+    # refitting on the images in order (the Trainer's loader was shuffled) gives the same SVMs,
+    # up to float rounding: the Trainer fitted them with the model in channels-last layout
     trainer = keep.trainer
     before = trained.svm_weight.clone()
     trained.fit_stage(trainer.task.build_loader(trainer.train_loader.dataset, train=False), "cpu")
-    torch.testing.assert_close(trained.svm_weight, before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(trained.svm_weight, before, rtol=0, atol=1e-5)
 
 
 def _rcnn_config(**overrides):

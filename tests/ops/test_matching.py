@@ -10,6 +10,7 @@ from cvkit.ops.matching import (
     BACKGROUND,
     balanced_sample,
     greedy_assign,
+    greedy_assign_batched,
     hard_negative_mask,
     threshold_match,
 )
@@ -38,6 +39,30 @@ def test_greedy_assignment_worked_example():
     # Threshold 0.3: anchor 2 takes gt 1 (0.4) and anchor 4 its first best gt 0 (1/3).
     assert greedy_assign(iou, 0.3).tolist() == [0, 2, 1, -1, 0, 1]
     assert greedy_assign(iou[:, :0], 0.5).tolist() == [BACKGROUND] * 6
+
+
+def test_batched_greedy_assignment_equals_the_per_image_one(make_boxes):
+    """Random images (0 to 9 boxes, duplicated boxes for exact ties) padded into one batch."""
+    generator = torch.Generator().manual_seed(3)
+    anchors = make_boxes(300, seed=4, extent=200)
+    counts = [0, 1, 9, 4, 2, 7]
+    most = max(counts)
+    padded = torch.full((len(counts), len(anchors), most), -1.0)
+    expected = []
+    for row, count in enumerate(counts):
+        gt = make_boxes(count, seed=10 + row, extent=200)
+        if count > 2:
+            gt[1] = gt[0]  # equal columns: ties go to the lower index in both
+        if count:
+            gt = gt[torch.randperm(count, generator=generator)]
+        iou = box_iou(anchors, gt)
+        padded[row, :, :count] = iou
+        expected.append(greedy_assign(iou, 0.4))
+    assert torch.equal(greedy_assign_batched(padded, 0.4), torch.stack(expected))
+    worked = box_iou(ANCHORS, GROUND_TRUTH)[None]
+    assert greedy_assign_batched(worked, 0.5).tolist() == [[0, 2, -1, -1, -1, 1]]
+    with pytest.raises(BoxError, match="batch"):
+        greedy_assign_batched(worked[0])
 
 
 @pytest.mark.parametrize("low_quality", [False, True])

@@ -30,7 +30,7 @@ from cvkit.ops.anchors import default_ssd_sizes, ssd_anchors
 from cvkit.ops.boxes import clip_boxes
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances
 from cvkit.ops.iou import box_iou
-from cvkit.ops.matching import greedy_assign
+from cvkit.ops.matching import greedy_assign_batched
 from cvkit.structures import ImageBatch, Instances, Target
 
 
@@ -205,7 +205,22 @@ class SSD(Detector):
             return self.select(boxes, scores, batch.image_sizes)
         if targets is None or len(targets) != len(images):
             raise ValueError("SSD in training mode needs one Target per image")
-        logits, deltas, anchors = self.predict(images)
+        return self.losses(*self.predict(images), targets)
+
+    def losses(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Target]
+    ) -> dict[str, Tensor]:
+        """Matching and the multibox loss of :meth:`predict`'s outputs.
+
+        Args:
+            logits (Tensor[B, A, C + 1]), deltas (Tensor[B, A, 4]), anchors (Tensor[A, 4]):
+                :meth:`predict`'s outputs.
+            targets: one :class:`~cvkit.structures.Target` per image.
+
+        Returns:
+            ``{"cls": Tensor[], "box": Tensor[]}`` (the box term weighted by
+            ``box_loss_weight``).
+        """
         cls_targets, box_targets = self.match(anchors, targets)
         losses = multibox_loss(
             logits,
@@ -231,20 +246,31 @@ class SSD(Detector):
             box_targets (Tensor[B, A, 4]): encoded offsets to the matched box (anchors without
             a match encode themselves, and the loss never reads them).
         """
-        classes, matched_boxes = [], []
-        for target in targets:
-            boxes, labels = target.boxes, target.labels
-            if boxes.numel() == 0:
-                classes.append(torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device))
-                matched_boxes.append(anchors)
-                continue
-            matched = greedy_assign(box_iou(anchors, boxes), self.options.iou_threshold)
-            found = matched >= 0
-            index = matched.clamp(min=0)
-            classes.append(torch.where(found, labels[index] + 1, 0))
-            matched_boxes.append(torch.where(found[:, None], boxes[index], anchors))
-        box_targets = encode_boxes(torch.stack(matched_boxes), anchors, stds=self.box_stds)
-        return torch.stack(classes), box_targets
+        batch, num_anchors = len(targets), len(anchors)
+        counts = [len(target.boxes) for target in targets]
+        most = max(counts, default=0)
+        if most == 0:
+            classes = torch.zeros(batch, num_anchors, dtype=torch.int64, device=anchors.device)
+            matched = anchors.expand(batch, num_anchors, 4)
+            return classes, encode_boxes(matched, anchors, stds=self.box_stds)
+        # every image's boxes padded to the largest count: one IoU matrix and one batched
+        # greedy assignment for the batch (padded columns get IoU -1 and never match)
+        boxes = anchors.new_zeros(batch, most, 4)
+        labels = torch.zeros(batch, most, dtype=torch.int64, device=anchors.device)
+        real = torch.zeros(batch, most, dtype=torch.bool, device=anchors.device)
+        for row, (target, count) in enumerate(zip(targets, counts, strict=True)):
+            boxes[row, :count] = target.boxes
+            labels[row, :count] = target.labels
+            real[row, :count] = True
+        iou = box_iou(anchors, boxes.view(-1, 4)).view(num_anchors, batch, most).transpose(0, 1)
+        iou = iou.masked_fill(~real[:, None, :], -1.0)
+        assigned = greedy_assign_batched(iou, self.options.iou_threshold)
+        found = assigned >= 0
+        index = assigned.clamp(min=0)
+        classes = torch.where(found, labels.gather(1, index) + 1, 0)
+        picked = boxes.gather(1, index[..., None].expand(-1, -1, 4))
+        matched = torch.where(found[..., None], picked, anchors)
+        return classes, encode_boxes(matched, anchors, stds=self.box_stds)
 
     @property
     def size_divisibility(self) -> int:
