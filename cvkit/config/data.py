@@ -22,12 +22,33 @@ class DatasetSource(Section):
 
 
 class SyntheticConfig(Section):
-    """Size and seed of the built-in synthetic shapes dataset."""
+    """Size and seed of the built-in synthetic shapes dataset, and its objects: ``objects``
+    (min, max) shapes tried per image and ``object_size`` (min, max) extent of a shape as a
+    fraction of the image side; e.g. ``image_size: 320, objects: [4, 20], object_size:
+    [0.03, 0.12]`` for many small objects."""
 
     num_train: int = Field(600, gt=0)
     num_val: int = Field(150, gt=0)
     image_size: int = Field(160, ge=32)
     seed: int = 0
+    objects: tuple[int, int] = (1, 6)
+    object_size: tuple[float, float] = (0.12, 0.5)
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, objects: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= objects[0] <= objects[1] <= 200:
+            raise ValueError(
+                f"objects must be [min, max] with 1 <= min <= max <= 200, got {objects}"
+            )
+        return objects
+
+    @field_validator("object_size")
+    @classmethod
+    def _object_size(cls, size: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < size[0] <= size[1] <= 1:
+            raise ValueError(f"object_size must be [min, max] with 0 < min <= max <= 1, got {size}")
+        return size
 
 
 class TransformSpec(Section):

@@ -190,6 +190,8 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
             synthetic.image_size,
             synthetic.seed,
             data_cfg.cache_dir,
+            synthetic.objects,
+            synthetic.object_size,
         )
         records = read_coco(
             annotation_path(root, split), root / "images" / split, root / "semantic" / split

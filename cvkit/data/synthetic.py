@@ -1,10 +1,11 @@
 """The built-in synthetic shapes dataset: the default data of every config without a path.
 
 Each image shows 1-6 coloured circles, rectangles and triangles of several sizes and rotations
-on a textured, noisy background (noise, gradients, stripes, checkers, blobs). Shapes overlap and
-occlude each other and may be cut by the image border; every object keeps a visible part large
-enough to be seen, so no unlabeled fragments remain. Boxes are the tight boxes of the visible
-masks. Everything is drawn from one ``numpy.random.Generator``, so a seed reproduces the set.
+(variants take other counts and sizes, e.g. many small objects on large images) on a textured,
+noisy background (noise, gradients, stripes, checkers, blobs). Shapes overlap and occlude each
+other and may be cut by the image border; every object keeps a visible part large enough to be
+seen, so no unlabeled fragments remain. Boxes are the tight boxes of the visible masks.
+Everything is drawn from one ``numpy.random.Generator``, so a seed reproduces the set.
 
 :func:`render_sample` draws one image in memory (handy for other datasets, e.g. shape crops for
 classification); :func:`write_synthetic` writes a full COCO dataset (JPEG images,
@@ -34,6 +35,10 @@ SPLITS = ("train", "val")
 GENERATOR_VERSION = 1
 _MIN_VISIBLE_FRACTION = 0.35
 _MAX_TRIES = 12
+DEFAULT_OBJECTS = (1, 6)
+"""(min, max) shapes tried per image (``data.synthetic.objects``)."""
+DEFAULT_OBJECT_SIZE = (0.12, 0.5)
+"""Range of a shape's extent as fractions of the image side (``data.synthetic.object_size``)."""
 
 logger = get_logger("data")
 
@@ -87,10 +92,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _shape_mask(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, float]:
-    """A random shape of class ``label``: its in-image mask ``uint8 [S, S]`` and full area."""
+def _shape_mask(
+    rng: np.random.Generator,
+    label: int,
+    size: int,
+    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE,
+) -> tuple[np.ndarray, float]:
+    """A random shape of class ``label``: its in-image mask ``uint8 [S, S]`` and full area;
+    its extent is drawn uniformly in ``object_size`` (fractions of ``S``)."""
     mask = np.zeros((size, size), np.uint8)
-    extent = rng.uniform(0.12, 0.5) * size
+    extent = rng.uniform(*object_size) * size
     center = rng.uniform(-0.05 * size, 1.05 * size, size=2)
     if SHAPE_CLASSES[label] == "circle":
         radius = extent / 2
@@ -118,6 +129,7 @@ def render_sample(
     image_size: int = 160,
     max_objects: int = 6,
     min_objects: int = 1,
+    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE,
 ) -> SyntheticSample:
     """Draw one synthetic image and its annotations from ``rng``.
 
@@ -125,12 +137,15 @@ def render_sample(
         rng: the random source; the same generator state gives the same sample.
         image_size: side ``S`` of the square image in pixels.
         max_objects, min_objects: range of the number of shapes tried per image.
+        object_size: range of a shape's extent (its diameter or longer side before rotation)
+            as fractions of ``S``.
 
     Returns:
         A :class:`SyntheticSample` with ``N >= 1`` objects.
     """
     image = _background(rng, image_size)
-    min_visible = max(12.0, 0.0015 * image_size**2)
+    # the fewest visible pixels an object keeps: scaled with the smallest objects drawn
+    min_visible = max(12.0, 0.0015 * image_size**2 * (object_size[0] / DEFAULT_OBJECT_SIZE[0]) ** 2)
     visible: list[np.ndarray] = []
     full_areas: list[float] = []
     labels: list[int] = []
@@ -139,7 +154,7 @@ def render_sample(
     for _ in range(wanted):
         for _ in range(_MAX_TRIES):
             label = int(rng.integers(len(SHAPE_CLASSES)))
-            mask, area = _shape_mask(rng, label, image_size)
+            mask, area = _shape_mask(rng, label, image_size, object_size)
             occluded = [v & (1 - mask) for v in visible]
             own = int(mask.sum())
             fits = own >= max(min_visible, _MIN_VISIBLE_FRACTION * area)
@@ -154,7 +169,7 @@ def render_sample(
                 colours.append(rng.uniform(0, 255, size=3))
                 break
     if not visible:  # every try failed (rare, tiny images): draw again from the advanced rng
-        return render_sample(rng, image_size, max_objects, min_objects)
+        return render_sample(rng, image_size, max_objects, min_objects, object_size)
     for mask, colour in zip(visible, colours, strict=True):
         shading = rng.normal(0, rng.uniform(2, 15), size=image.shape[:2])[..., None]
         image = np.where(mask[..., None] > 0, colour + shading, image)
@@ -172,18 +187,25 @@ def render_sample(
 
 
 def synthetic_records(
-    num_images: int, image_size: int = 160, seed: int = 0, split: str = "train"
+    num_images: int,
+    image_size: int = 160,
+    seed: int = 0,
+    split: str = "train",
+    objects: tuple[int, int] = DEFAULT_OBJECTS,
+    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE,
 ) -> tuple[Records, list[np.ndarray]]:
     """``num_images`` rendered samples of one split as in-memory :class:`Records`.
 
     Each split draws from its own stream (``seed`` and the split name), so changing
-    ``num_val`` does not change the train images. Returns the records (images in
-    ``sample.image``, RLE segmentations) and the semantic masks ``uint8 [S, S]``.
+    ``num_val`` does not change the train images. ``objects``: (min, max) shapes tried per
+    image; ``object_size``: their extent range as fractions of the side
+    (:func:`render_sample`). Returns the records (images in ``sample.image``, RLE
+    segmentations) and the semantic masks ``uint8 [S, S]``.
     """
     rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 99])
     samples, semantics = [], []
     for index in range(num_images):
-        drawn = render_sample(rng, image_size)
+        drawn = render_sample(rng, image_size, objects[1], objects[0], object_size)
         samples.append(
             Sample(
                 image_id=index + 1,
@@ -208,18 +230,21 @@ def write_synthetic(
     num_val: int = 150,
     image_size: int = 160,
     seed: int = 0,
+    objects: tuple[int, int] = DEFAULT_OBJECTS,
+    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE,
 ) -> Path:
     """Write the synthetic dataset as COCO into ``out_dir``.
 
     Layout: ``images/{train,val}/*.jpg``, ``annotations/instances_{train,val}.json`` (RLE
     masks, 1-based category ids) and ``semantic/{train,val}/*.png`` (0 background,
-    ``label + 1`` per class). Returns ``out_dir``.
+    ``label + 1`` per class). ``objects`` and ``object_size`` as in
+    :func:`synthetic_records`. Returns ``out_dir``.
     """
     from cvkit.data.formats.coco import write_coco
 
     out_dir = Path(out_dir)
     for split, count in (("train", num_train), ("val", num_val)):
-        records, semantics = synthetic_records(count, image_size, seed, split)
+        records, semantics = synthetic_records(count, image_size, seed, split, objects, object_size)
         write_coco(records, out_dir / "images" / split, annotation_path(out_dir, split))
         semantic_dir = out_dir / "semantic" / split
         semantic_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +272,8 @@ def synthetic_root(
     image_size: int = 160,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    objects: tuple[int, int] = DEFAULT_OBJECTS,
+    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE,
 ) -> Path:
     """The cached synthetic dataset for these parameters, generated on first use.
 
@@ -262,6 +289,9 @@ def synthetic_root(
         "image_size": image_size,
         "seed": seed,
     }
+    # variants name their object counts and sizes; the default set keeps its folder
+    if tuple(objects) != DEFAULT_OBJECTS or tuple(object_size) != DEFAULT_OBJECT_SIZE:
+        params.update(objects=list(objects), object_size=list(object_size))
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     parent = cache_root(cache_dir) / "synthetic"
     root = parent / digest
@@ -271,7 +301,7 @@ def synthetic_root(
     logger.info("generating the synthetic dataset %s into %s", params, root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=parent))
     try:
-        write_synthetic(tmp, num_train, num_val, image_size, seed)
+        write_synthetic(tmp, num_train, num_val, image_size, seed, objects, object_size)
         (tmp / "params.json").write_text(json.dumps(params, indent=2), encoding="utf-8")
         try:
             tmp.rename(root)

@@ -114,3 +114,35 @@ def test_concurrent_generation_leaves_one_complete_copy(tmp_path):
 def test_render_any_size(size):
     sample = render_sample(np.random.default_rng(1), size)
     assert sample.image.shape == (size, size, 3) and sample.masks.shape[1:] == (size, size)
+
+
+def test_small_object_variant_draws_more_and_smaller_objects_and_has_its_own_cache(tmp_path):
+    default, _ = synthetic_records(20, 320, seed=3)
+    small, _ = synthetic_records(20, 320, seed=3, objects=(8, 20), object_size=(0.03, 0.1))
+    count = [len(sample.boxes) for sample in small.samples]
+    assert min(count) >= 1 and max(count) <= 20
+    assert np.mean(count) > 2 * np.mean([len(sample.boxes) for sample in default.samples])
+    # a visible box is at most the shape's bounds: a rotated rectangle of extent 0.1 * 320
+    # spans at most sqrt(2) times that, a triangle of circumradius 16 px less
+    sides = np.concatenate([s.boxes[:, 2:] - s.boxes[:, :2] for s in small.samples])
+    assert sides.max() <= np.sqrt(2) * 0.1 * 320 + 2
+    assert np.median(sides) < 0.5 * np.median(
+        np.concatenate([s.boxes[:, 2:] - s.boxes[:, :2] for s in default.samples])
+    )
+    # the default set keeps its folder and parameters; a variant gets its own
+    plain = synthetic_root(4, 2, 48, seed=1, cache_dir=tmp_path)
+    variant = synthetic_root(4, 2, 48, seed=1, cache_dir=tmp_path, objects=(2, 9))
+    assert plain != variant
+    assert "objects" not in json.loads((plain / "params.json").read_text())
+    assert json.loads((variant / "params.json").read_text())["objects"] == [2, 9]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("objects", "[0,4]"), ("objects", "[5,2]"), ("object_size", "[0.2,0.1]")]
+)
+def test_bad_variant_settings_name_the_key(key, value):
+    from cvkit.config import load_config
+    from cvkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"data\.synthetic\.{key}"):
+        load_config(overrides=[f"data.synthetic.{key}={value}"])
