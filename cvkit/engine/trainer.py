@@ -125,7 +125,8 @@ class Trainer:
         self.task = task
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
-        if use_channels_last(cfg.channels_last, self.device, self.model):
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.model)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -197,11 +198,15 @@ class Trainer:
         cfg = self.config.train
         if self.is_main:
             logger.info(
-                "training %s for %d epochs (%d steps/epoch) on %s%s",
+                "training %s for %d epochs (%d steps/epoch) on %s (%d threads, %d loader "
+                "workers%s%s)",
                 self.task.name or type(self.task).__name__,
                 self.epochs,
                 self.steps_per_epoch,
                 self.device,
+                torch.get_num_threads(),
+                getattr(self.train_loader, "num_workers", 0),
+                ", channels-last" if self.channels_last else "",
                 f", AMP {self.amp_dtype}" if self.amp_dtype else "",
             )
         train_row: dict[str, float] = {}
