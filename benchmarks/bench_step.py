@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from machine import cpu_model, uptime, vector_isa
 
-from benchmarks.machine import cpu_model, uptime
 from cvkit.config import load_config
 from cvkit.engine.environment import configure_threads, seed_everything
 from cvkit.engine.optim import build_optimizer
@@ -189,7 +189,7 @@ def profile(config, steps: int) -> tuple[list[str], dict[str, float]]:
     rates = {
         "serial sum of the phases": batch / total,
         "model step alone (pre-loaded batches)": batch / model_step,
-        f"training loader alone ({config.data.workers} workers)": loader_rate(loader),
+        f"training loader alone ({loader_workers(config)} workers)": loader_rate(loader),
         "Trainer epochs (loader + step)": trainer_rate(config, task, train_set),
     }
     return lines, rates
@@ -204,6 +204,16 @@ def write_section(path: Path, label: str, lines: list[str]) -> None:
     rest = [s for s in rest if s.splitlines()[0].strip() != heading]
     rest.append("\n".join([heading, "", *lines, ""]))
     path.write_text("\n".join([head.rstrip() + "\n", *[s.rstrip() + "\n" for s in rest]]))
+
+
+def loader_workers(config) -> str:
+    """``data.workers`` as the loader resolves it (``auto`` names the count it chose)."""
+    workers = config.data.workers
+    if workers != "auto":
+        return str(workers)
+    from cvkit.resources import resolve_workers
+
+    return f"{resolve_workers(workers)} (auto)"
 
 
 def main() -> None:
@@ -221,8 +231,9 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"`{args.cfg.relative_to(ROOT) if args.cfg.is_relative_to(ROOT) else args.cfg}` "
-        f"{' '.join(args.overrides)}, measured {stamp} on {cpu_model()}, {threads} torch "
-        f"threads, {config.data.workers} loader workers, torch {torch.__version__}.",
+        f"{' '.join(args.overrides)}, measured {stamp} on {cpu_model()} ({vector_isa()}), "
+        f"{threads} torch threads, {loader_workers(config)} loader workers, "
+        f"torch {torch.__version__}.",
         f"Load before: `{load_before}`; after: `{uptime()}`.",
         "",
         *lines,
