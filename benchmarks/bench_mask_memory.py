@@ -16,9 +16,9 @@ of ``/dev/shm`` (where workers hand batches over) are reported.
 
 ``--compact`` measures the same with the transform's compact masks
 (:class:`~cvkit.structures.CroppedMasks`: each mask cropped to its own region, ``compact_masks``
-of :func:`build_transform`) in the targets, which the mask loss densifies only for the matched
-ground truths of one image at a time. ``RecordsDataset`` does not pass them through yet, so
-here they are handed over beside it (:class:`_HeldMasks`).
+of :func:`build_transform`, what ``build_dataset`` uses for ``data.instance_masks``) in the
+targets, which the mask loss densifies only for the matched ground truths of one image at a
+time.
 
 ``python benchmarks/bench_mask_memory.py [--workers 2] [--compact]`` (under a minute on 2 cores).
 """
@@ -26,8 +26,6 @@ here they are handed over beside it (:class:`_HeldMasks`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import platform
 import resource
 import shutil
 import time
@@ -36,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from cvkit.config import load_config
 from cvkit.data.loader import Collate, RecordsDataset
 from cvkit.data.records import Records, Sample, encode_mask
-from cvkit.data.transforms import SampleTransform, Transformed, build_transform
-from cvkit.structures import CroppedMasks, Target
+from cvkit.data.transforms import build_transform
+from cvkit.structures import CroppedMasks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mask_rcnn.yaml"
 CLASSES = ["circle", "rectangle", "triangle"]
@@ -92,33 +91,6 @@ class _Repeated(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[index % len(self.dataset)]
-
-
-class _HeldMasks(torch.utils.data.Dataset):
-    """``dataset`` (built with a ``compact_masks`` transform) whose targets carry the
-    transform's :class:`CroppedMasks`: the transform hands ``RecordsDataset`` no masks and
-    keeps them, and they are put into the target it returns."""
-
-    def __init__(self, dataset: RecordsDataset) -> None:
-        self.dataset = dataset
-        self.transform: SampleTransform = dataset.transform
-        self.held: CroppedMasks | None = None
-        dataset.transform = self  # RecordsDataset calls reseed(), recompute_boxes, __call__
-
-    def __getattr__(self, name: str):
-        return getattr(self.transform, name)
-
-    def __call__(self, *args) -> Transformed:
-        out = self.transform(*args)
-        self.held = out.masks
-        return dataclasses.replace(out, masks=None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        image, target = self.dataset[index]
-        return image, dataclasses.replace(target, masks=self.held)
 
 
 def _mask_bytes(masks: torch.Tensor | CroppedMasks) -> int:
@@ -174,8 +146,6 @@ def main() -> None:
     records = _records(args.images, args.objects, 560, 640)
     transform = build_transform(config.data, "detect", True, 0, compact_masks=args.compact)
     dataset = RecordsDataset(records, transform, "detect", True)
-    if args.compact:
-        dataset = _HeldMasks(dataset)
     collate = Collate(config.data.mean, config.data.std)
     dataset[0]  # imports and first-call caches outside the measurement
     if args.workers:
@@ -191,7 +161,7 @@ def main() -> None:
     rss_after = _peak_rss_mib()
     mask_bytes = sum(_mask_bytes(t.masks) for t in targets)
     kind = type(targets[0].masks).__name__
-    print(f"cpu: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"cpu: {cpu_model()}, torch {torch.__version__}")
     print(
         f"{args.images} images at {args.size} px, {args.objects} masks each: batch "
         f"{tuple(images.shape)}, masks {kind} of {len(targets[0].masks)} masks"

@@ -9,15 +9,17 @@ one after the other:
 - cvkit: ``cvkit.train(configs/yolo.yaml | configs/ssd.yaml)`` with ``train.time`` and the
   variant at ``data.image_size = 320``;
 - Ultralytics: ``YOLO("yolov8n.yaml").train(time=...)``, random initial weights, its default
-  recipe, run by another Python (``--ultralytics-python``, a venv where ``ultralytics`` is
-  installed): a peer for this benchmark only, never a cvkit dependency.
+  recipe, run by another Python: ``--ultralytics-python``, else a venv the script makes once
+  in ``.venv-peers/ultralytics`` (:func:`peer_python`: ultralytics 8.4.190 and the few
+  packages it needs beyond cvkit's, over this venv's torch): a peer for this benchmark only,
+  never a cvkit dependency.
 
 Each trained model predicts the val images (score >= 0.001, at most 100 per image) and one
 COCO evaluation (:func:`cvkit.eval.coco.evaluate_coco`) scores all three against the same
 ground truth. Speed is training images per second of the budget (validation included).
 Writes ``benchmarks/results/yolo.md``.
 
-    python benchmarks/bench_yolo.py --ultralytics-python /path/to/venv/bin/python [--minutes 10]
+    python benchmarks/bench_yolo.py [--ultralytics-python PYTHON] [--minutes 10]
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -49,6 +53,15 @@ VARIANT = {
     "data.image_size": SIZE,
 }
 """The small-object variant: 4-16 shapes tried per 320-px image, 13-51 px across."""
+PEER_PACKAGES = (
+    "ultralytics==8.4.190",
+    "ultralytics-thop",
+    "polars",
+    "py-cpuinfo",
+    "ultralytics-platform",
+    "nvidia-ml-py",
+)
+"""What :func:`peer_python` installs (without dependencies: the rest comes from cvkit's venv)."""
 SCORE = 0.001
 MAX_DET = 100
 NOTES = (
@@ -83,6 +96,27 @@ for path in job["images"]:
                        "labels": [int(c) for c in found.cls.tolist()]})
 json.dump({"detections": detections, "epochs": epochs, "seconds": seconds}, open(job["out"], "w"))
 """
+
+
+def peer_python(folder: Path = ROOT / ".venv-peers" / "ultralytics") -> str:
+    """A Python with Ultralytics: a venv in ``folder`` (made on first use) whose own packages
+    are ultralytics and what it needs beyond this environment's, which it sees through a
+    ``.pth`` file (the same torch, numpy and OpenCV; its pip never touches this venv)."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        own = subprocess.run(
+            [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        shared = sysconfig.get_paths()["purelib"]
+        (Path(own) / "cvkit-env.pth").write_text(shared + "\n", encoding="utf-8")
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", *PEER_PACKAGES], check=True
+        )
+    return str(python)
 
 
 def settings(extra: dict | None = None) -> dict:
@@ -147,10 +181,13 @@ def train_ultralytics(python: str, data_yaml: Path, val_set, minutes: float, fol
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ultralytics-python", required=True, help="a Python with ultralytics")
+    parser.add_argument(
+        "--ultralytics-python", help="a Python with ultralytics (default: make one, peer_python)"
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "yolo.md")
     args = parser.parse_args()
+    peer = args.ultralytics_python or peer_python()
     load_before = uptime()
     started = datetime.now(UTC)
     config = load_config(overrides=[f"{key}={json.dumps(value)}" for key, value in VARIANT.items()])
@@ -168,13 +205,13 @@ def main() -> None:
         results["cvkit YOLO (configs/yolo.yaml)"] = train_cvkit("yolo", args.minutes, folder)
         print(results, flush=True)
         results["Ultralytics YOLOv8n, from scratch"] = train_ultralytics(
-            args.ultralytics_python, data_yaml, val_set, args.minutes, folder
+            peer, data_yaml, val_set, args.minutes, folder
         )
         print(results, flush=True)
         results["cvkit SSD (configs/ssd.yaml)"] = train_cvkit("ssd", args.minutes, folder)
         print(results, flush=True)
     version = subprocess.run(
-        [args.ultralytics_python, "-c", "import ultralytics; print(ultralytics.__version__)"],
+        [peer, "-c", "import ultralytics; print(ultralytics.__version__)"],
         capture_output=True,
         text=True,
         check=False,
