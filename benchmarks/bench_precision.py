@@ -103,9 +103,8 @@ def write_report(out: Path, results: list[dict], machine: dict[str, str], iterat
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. CPU: {machine['cpu']} "
         f"({os.cpu_count()} cores visible; {machine['simd']}), onnxruntime "
         f"{onnxruntime.__version__} CPU EP with {THREADS} intra-op threads, torch "
-        f"{torch.__version__}. The machine is shared with other jobs, so absolute timings are "
-        "noisy (see the load averages); the three precisions take turns call by call, which "
-        "keeps their ratios fair.",
+        f"{torch.__version__}. Other jobs on the machine show in the load averages below; the "
+        "three precisions take turns call by call, which keeps their ratios fair under load.",
         "",
         f"- `uptime` before: `{machine['before']}`",
         f"- `uptime` after: `{machine['after']}`",
@@ -150,9 +149,6 @@ def write_report(out: Path, results: list[dict], machine: dict[str, str], iterat
         )
     lines += ["", "## Targets (CPU: int8 ≥ 1.5x fp32 throughput, ≤ 1 point drop)", "", *verdicts]
     lines += [
-        "- Other int8 settings (per-tensor weights, int8 activations, Conv nodes only) were "
-        "tried by hand on 64 px versions of these models (batch 8, session only): none was "
-        "faster than fp32 on this CPU either. They are not part of this run.",
         "- fp16 files are meant for GPUs; their CPU rows say nothing about GPU speed.",
         "- No GPU on this machine: no CUDA/TensorRT rows.",
     ]
