@@ -83,9 +83,13 @@ class Instances:
                 .float()
                 .cpu()[:, round(oy) : round(oy + height * sy), round(ox) : round(ox + width * sx)]
             )
-            masks = torch.nn.functional.interpolate(
-                valid[None], size=(height, width), mode="bilinear", align_corners=False
-            )[0]
+            masks = (
+                torch.nn.functional.interpolate(
+                    valid[None], size=(height, width), mode="bilinear", align_corners=False
+                )[0]
+                if len(valid)
+                else valid.new_zeros((0, height, width))  # interpolate refuses no channels
+            )
         return Instances(
             torch.from_numpy(boxes),
             self.scores.detach().float().cpu(),

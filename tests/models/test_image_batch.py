@@ -125,3 +125,8 @@ def test_instances_map_boxes_and_masks_back_to_the_original_image():
     torch.testing.assert_close(original.boxes, torch.tensor([[0.0, 0.0, 30.0, 20.0]]))
     assert original.image_size == (40, 60) and original.masks.shape == (1, 40, 60)
     torch.testing.assert_close(original.masks, torch.ones(1, 40, 60))
+    # an image without detections keeps its (empty) masks in the original size
+    empty = Instances.empty((32, 32))
+    empty.masks = torch.zeros(0, 32, 32)
+    mapped = empty.to_original(Geometry((40, 60), (0.4, 0.4)))
+    assert len(mapped) == 0 and mapped.masks.shape == (0, 40, 60)
