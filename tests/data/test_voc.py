@@ -2,9 +2,11 @@
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from cvkit.data.formats.voc import VOC_CLASSES, read_voc, voc_palette, write_voc
+from cvkit.errors import DatasetError
 
 XML = """<annotation>
   <filename>{name}.jpg</filename>
@@ -65,3 +67,29 @@ def test_writer_round_trip(tmp_path):
         assert np.array_equal(b.load_semantic(), indices)
         with Image.open(b.semantic_path) as png:
             assert png.mode == "P"
+
+
+def test_segmentation_object_pngs_give_the_instance_masks(tmp_path):
+    root, _ = _voc(tmp_path)
+    (root / "SegmentationObject").mkdir()
+    objects = np.zeros((40, 60), np.uint8)
+    objects[:, :] = 1  # the dog everywhere...
+    objects[5:15, 10:20] = 2  # ...but where the person is
+    objects[5, 10:20] = 255  # the void border belongs to no object
+    png = Image.fromarray(objects, mode="P")
+    png.putpalette(voc_palette())
+    png.save(root / "SegmentationObject" / "2007_000001.png")
+    first, second = read_voc(root).samples
+    masks = first.instance_masks()
+    assert masks.shape == (2, 40, 60) and second.segmentations is None
+    np.testing.assert_array_equal(masks[0], objects == 1)
+    np.testing.assert_array_equal(masks[1], objects == 2)
+    # the writer puts them back: a round trip keeps every instance mask
+    again = read_voc(write_voc(read_voc(root), tmp_path / "out")).samples[0]
+    np.testing.assert_array_equal(again.instance_masks(), masks)
+    objects[0, 0] = 3  # an index the XML has no object for
+    png = Image.fromarray(objects, mode="P")
+    png.putpalette(voc_palette())
+    png.save(root / "SegmentationObject" / "2007_000001.png")
+    with pytest.raises(DatasetError, match=r"2007_000001\.png: object index 3 but .* 2 objects"):
+        read_voc(root)

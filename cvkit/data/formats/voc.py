@@ -5,7 +5,10 @@ image), read as ``(xmin - 1, ymin - 1, xmax, ymax)`` in cvkit's continuous pixel
 written back the same way. ``difficult`` objects are kept with ``iscrowd`` set, so evaluation
 ignores them as VOC's protocol does. ``SegmentationClass`` PNGs are palette images whose
 indices are the classes (0 background, ``k`` = class ``k - 1``, 255 = border/ignore); they are
-read as indices, never as colours. Class order: ``labels.txt`` or ``classes.txt`` in the root
+read as indices, never as colours. ``SegmentationObject`` PNGs, when present, give the instance
+masks: index ``k`` marks the pixels of the ``k``-th object of the XML (1-based), 255 the void
+border; they are read into the samples' ``segmentations`` (RLE), so the instance masks travel
+like COCO's. Class order: ``labels.txt`` or ``classes.txt`` in the root
 when present, else the 20 VOC classes when every name is one of them, else sorted names.
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvkit.data.records import Records, Sample, read_image_size, save_images
+from cvkit.data.records import Records, Sample, encode_mask, read_image_size, save_images
 from cvkit.errors import DatasetError
 
 VOC_CLASSES = [
@@ -110,8 +113,10 @@ def read_voc(root: str | Path, split: str | None = None) -> Records:
         if not (height and width):
             with contextlib.suppress(DatasetError):  # the check reports the missing image
                 height, width = read_image_size(semantic or path)
-        parsed.append((image_id, path, height, width, objects, semantic))
-    classes = _classes(root, {name for *_, objects, _ in parsed for name, _, _ in objects})
+        instances = root / "SegmentationObject" / f"{image_id}.png"
+        masks = _object_masks(instances, len(objects)) if instances.is_file() else None
+        parsed.append((image_id, path, height, width, objects, semantic, masks))
+    classes = _classes(root, {name for *_, objects, _, _ in parsed for name, _, _ in objects})
     index = {name: i for i, name in enumerate(classes)}
     samples = [
         Sample(
@@ -124,10 +129,33 @@ def read_voc(root: str | Path, split: str | None = None) -> Records:
             labels=[index.get(name, -1) for name, _, _ in objects],
             iscrowd=[difficult for _, _, difficult in objects],
             semantic_path=semantic,
+            segmentations=masks,
         )
-        for number, (_, path, height, width, objects, semantic) in enumerate(parsed)
+        for number, (_, path, height, width, objects, semantic, masks) in enumerate(parsed)
     ]
     return Records(samples, classes, None, f"{root}:{split or 'all'}")
+
+
+def _object_masks(path: Path, count: int) -> list[dict]:
+    """The ``count`` objects' masks of a ``SegmentationObject`` PNG as RLE (index ``k`` is
+    object ``k``; an object without pixels gets an empty mask).
+
+    Raises:
+        DatasetError: the PNG cannot be read or names more objects than the XML has.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as png:
+            indices = np.asarray(png if png.mode in ("P", "L") else png.convert("L"))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the instance PNG ({exc})") from None
+    present = set(np.unique(indices).tolist()) - {0, 255}
+    if present and max(present) > count:
+        raise DatasetError(
+            f"{path}: object index {max(present)} but the annotation has {count} objects"
+        )
+    return [encode_mask(indices == k) for k in range(1, count + 1)]
 
 
 def _xml(sample: Sample, classes: list[str]) -> str:
@@ -159,14 +187,17 @@ def write_voc(records: Records, out_dir: str | Path, split: str = "train") -> Pa
     Writes ``JPEGImages/``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``,
     ``labels.txt`` (the class order) and, for samples with a semantic mask or instance
     segmentations, palette PNGs in ``SegmentationClass/`` (listed in
-    ``ImageSets/Segmentation/<split>.txt``).
+    ``ImageSets/Segmentation/<split>.txt``) and, with instance segmentations, in
+    ``SegmentationObject/`` (object ``k`` as index ``k + 1``; a later object covers an earlier
+    one where they overlap).
     """
     from PIL import Image
 
     out_dir = Path(out_dir)
     flat = [replace(s, file_name=Path(s.file_name).name) for s in records.samples]
     save_images(Records(flat, records.classes, records.category_ids), out_dir / "JPEGImages")
-    for folder in ("Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
+    folders = ("Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass")
+    for folder in (*folders, "SegmentationObject"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     ids, segmented = [], []
     palette = voc_palette()
@@ -182,6 +213,18 @@ def write_voc(records: Records, out_dir: str | Path, split: str = "train") -> Pa
             png.putpalette(palette)
             png.save(out_dir / "SegmentationClass" / f"{image_id}.png")
             segmented.append(image_id)
+        if sample.segmentations:
+            if len(sample.segmentations) > 254:  # index 255 is the void border
+                raise DatasetError(
+                    f"{sample.file_name}: {len(sample.segmentations)} objects do not fit a VOC "
+                    "SegmentationObject PNG (254 at most)"
+                )
+            objects = np.zeros((sample.height, sample.width), np.uint8)
+            for number, mask in enumerate(sample.instance_masks(), start=1):
+                objects[mask > 0] = number
+            png = Image.fromarray(objects, mode="P")
+            png.putpalette(palette)
+            png.save(out_dir / "SegmentationObject" / f"{image_id}.png")
     (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text(
         "".join(f"{i}\n" for i in ids), encoding="utf-8"
     )
