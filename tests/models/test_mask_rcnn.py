@@ -16,7 +16,6 @@ import pytest
 import torch
 from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
 
 from cvkit.config import load_config
 from cvkit.geometry import Geometry
@@ -180,20 +179,9 @@ def _pair(bench):
     model = theirs.model
     model.rpn.head.load_state_dict(ours.rpn.head.state_dict())
     model.roi_heads.box_predictor.load_state_dict(ours.roi_heads.box_predictor.state_dict())
-    options = ours.options
-    model.roi_heads.mask_roi_pool = MultiScaleRoIAlign(
-        ours.roi_levels,
-        options.mask_roi_size,
-        options.sampling_ratio,
-        canonical_scale=int(options.canonical_size),
-        canonical_level=options.canonical_level,
-    )
-    model.roi_heads.mask_head = MaskRCNNHeads(options.fpn_channels, options.mask_layers, 1)
-    model.roi_heads.mask_head.load_state_dict(ours.mask_head.state_dict())
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(
-        options.mask_layers[-1], options.mask_dim_reduced, 4
-    )
-    model.roi_heads.mask_predictor.load_state_dict(ours.mask_predictor.state_dict())
+    import bench_mask_rcnn
+
+    bench_mask_rcnn.attach_mask_branch(ours, model)
     assert isinstance(ours, MaskRCNN)
     return ours, model
 
