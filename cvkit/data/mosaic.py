@@ -11,7 +11,7 @@ Both are pure functions of their inputs. :class:`MosaicDataset` makes the random
 (which samples, the centre, the blend weight) from the seed of the sampler's
 :class:`~cvkit.data.sampling.SampleKey`, so a sample is reproducible from its key alone, and
 follows the key's ``multi_sample`` flag, which the Trainer clears for the last
-``data.close_mosaic`` epochs (:func:`multi_sample_epoch`).
+``data.close_mosaic`` epochs (:func:`cvkit.data.sampling.multi_sample_epoch`).
 """
 
 from __future__ import annotations
@@ -305,9 +305,3 @@ def with_multi_sample(dataset: RecordsDataset, data_cfg: DataConfig) -> Dataset:
     if data_cfg.mosaic == 0 and data_cfg.mixup == 0:
         return dataset
     return MosaicDataset(dataset, data_cfg.mosaic, data_cfg.mixup)
-
-
-def multi_sample_epoch(epoch: int, epochs: int, close_mosaic: int) -> bool:
-    """Whether epoch ``epoch`` (0-based) of ``epochs`` may combine samples: all but the last
-    ``close_mosaic`` (``data.close_mosaic``)."""
-    return epoch < epochs - close_mosaic

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["SampleKey", "SeededSampler", "sample_seed"]
+__all__ = ["SampleKey", "SeededSampler", "multi_sample_epoch", "sample_seed"]
 
 
 class SampleKey(NamedTuple):
@@ -98,3 +98,9 @@ class SeededSampler(Sampler[SampleKey]):
 
     def __len__(self) -> int:
         return len(self.order) if self.order is not None else len(self.data)
+
+
+def multi_sample_epoch(epoch: int, epochs: int, close_mosaic: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) of ``epochs`` may combine samples (mosaic, mixup):
+    all but the last ``close_mosaic`` (``data.close_mosaic``)."""
+    return epoch < epochs - close_mosaic

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cvkit.config import Config, config_to_dict
-from cvkit.data.mosaic import multi_sample_epoch
+from cvkit.data.sampling import multi_sample_epoch
 from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
 from cvkit.engine.callbacks.builtin import (

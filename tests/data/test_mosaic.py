@@ -18,11 +18,10 @@ from cvkit.data.mosaic import (
     fit_longest_side,
     mixup,
     mosaic,
-    multi_sample_epoch,
     with_multi_sample,
 )
 from cvkit.data.records import mask_to_box
-from cvkit.data.sampling import SampleKey
+from cvkit.data.sampling import SampleKey, multi_sample_epoch
 from cvkit.data.synthetic import render_sample, synthetic_records
 from cvkit.data.transforms import build_transform
 from cvkit.errors import ConfigError

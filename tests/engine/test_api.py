@@ -68,3 +68,13 @@ def test_a_config_object_and_a_bad_key(tmp_path, tiny):
 def test_import_cvkit_and_looking_up_the_api_load_no_torch():
     code = "import sys, cvkit; cvkit.train, cvkit.load; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_the_trainer_imports_no_image_libraries():
+    # the engine stays light for every task (a DDP rank or a custom task that never reads an
+    # image): OpenCV and albumentations come with the data pipeline that needs them
+    code = (
+        "import sys, cvkit.engine.trainer; "
+        "sys.exit(bool({'cv2', 'albumentations'} & set(sys.modules)))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
