@@ -206,3 +206,45 @@ class LossRecorder(Callback):
 
     def on_batch_end(self, trainer, batch_info) -> None:
         self.losses.append(batch_info["losses"]["loss"])
+
+
+TINY_SSD = [
+    "model.name=ssd",
+    "model.backbone=resnet18_tiny",
+    "model.out_features=[layer3,layer4]",
+    "model.ssd.extra_blocks=1",
+    "model.ssd.extra_channels=16",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.synthetic.num_val=4",
+    "data.synthetic.image_size=64",
+    "train.val_every=100",
+    "train.plots=false",
+    "train.threads=1",
+]
+"""``--set`` overrides of a detection run small enough for a test: an SSD on 64-px synthetic
+images, 4 per batch, one thread, no validation or plots until asked."""
+
+
+def detect_trainer(config, task, folder, callbacks=(), model_seed=0):
+    """A CPU :class:`~cvkit.engine.trainer.Trainer` of ``task`` (a detect task) on its own
+    train and val splits, writing into the run folder ``folder`` (created); the model is
+    built after ``torch.manual_seed(model_seed)``."""
+    from cvkit.engine.rundir import RunDir
+    from cvkit.engine.trainer import Trainer
+
+    run = RunDir(folder)
+    for path in (run.root, run.weights, run.plots):
+        path.mkdir(parents=True, exist_ok=True)
+    train = task.build_dataset("train")
+    torch.manual_seed(model_seed)
+    return Trainer(
+        config,
+        task,
+        task.build_model(len(train.classes)),
+        task.build_loader(train, train=True),
+        task.build_loader(task.build_dataset("val"), train=False),
+        run=run,
+        device=torch.device("cpu"),
+        callbacks=list(callbacks),
+    )

@@ -3,35 +3,23 @@ Trainer turns multi-sample transforms off for the last ``data.close_mosaic`` epo
 loader's keys give mosaics while the flag is on and the plain samples once it is off."""
 
 import torch
+from engine_toys import TINY_SSD, detect_trainer
 
 from cvkit.config import load_config
 from cvkit.data.loader import RecordsDataset
 from cvkit.data.mosaic import MosaicDataset
 from cvkit.data.sampling import SampleKey
 from cvkit.engine.callbacks import Callback
-from cvkit.engine.rundir import RunDir
 from cvkit.engine.tasks.detect import DetectTask
-from cvkit.engine.trainer import Trainer
 
 SETTINGS = [
-    "model.name=ssd",
-    "model.backbone=resnet18_tiny",
-    "model.out_features=[layer3,layer4]",
-    "model.ssd.extra_blocks=1",
-    "model.ssd.extra_channels=16",
-    "data.image_size=64",
-    "data.batch_size=4",
+    *TINY_SSD,
     "data.workers=0",
     "data.augment=[]",
     "data.mosaic=1.0",
     "data.close_mosaic=1",
     "data.synthetic.num_train=8",
-    "data.synthetic.num_val=4",
-    "data.synthetic.image_size=64",
     "train.epochs=3",
-    "train.val_every=100",
-    "train.plots=false",
-    "train.threads=1",
 ]
 
 
@@ -55,21 +43,9 @@ def test_mosaic_epochs_then_close_mosaic_epochs(tmp_path):
     task = DetectTask(config)
     train, val = task.build_dataset("train"), task.build_dataset("val")
     assert isinstance(train, MosaicDataset) and isinstance(val, RecordsDataset)
-    loader = task.build_loader(train, train=True)
     record = Batches()
-    folder = RunDir(tmp_path / "run")
-    for path in (folder.root, folder.weights, folder.plots):
-        path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
-        config,
-        task,
-        task.build_model(len(train.classes)),
-        loader,
-        task.build_loader(val, train=False),
-        run=folder,
-        device=torch.device("cpu"),
-        callbacks=[record],
-    )
+    trainer = detect_trainer(config, task, tmp_path / "run", callbacks=[record])
+    loader = trainer.train_loader
     trainer.fit()
     assert record.flags == [True, True, False]
     # the loader's keys of the last epoch give the plain samples, those of a mosaic epoch the

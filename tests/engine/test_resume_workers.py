@@ -2,35 +2,24 @@
 
 import pytest
 import torch
+from engine_toys import TINY_SSD, detect_trainer
 
 from cvkit.config import load_config
 from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.rundir import RunDir
 from cvkit.engine.tasks.detect import DetectTask
-from cvkit.engine.trainer import Trainer
 
 SETTINGS = [
-    "model.name=ssd",
-    "model.backbone=resnet18_tiny",
-    "model.out_features=[layer3,layer4]",
-    "model.ssd.extra_blocks=1",
-    "model.ssd.extra_channels=16",
-    "data.image_size=64",
-    "data.batch_size=4",
+    *TINY_SSD,
     "data.workers=2",
     "data.persistent_workers=true",
     "data.cache=ram",
     "data.synthetic.num_train=12",
-    "data.synthetic.num_val=4",
-    "data.synthetic.image_size=64",
     "train.epochs=3",
     "train.optimizer=adamw",
     "train.lr=0.003",
     "train.warmup_epochs=1",
     "train.ema=true",
-    "train.val_every=100",
-    "train.plots=false",
-    "train.threads=1",
 ]
 
 
@@ -50,24 +39,12 @@ class Interrupt(DetectTask):
 
 
 def run(tmp_path, name, config, stop_at=None, resume=None, model_seed=0):
-    folder = RunDir(tmp_path / name)
-    for path in (folder.root, folder.weights, folder.plots):
-        path.mkdir(parents=True, exist_ok=True)
     task = Interrupt(config, stop_at)
-    train = task.build_dataset("train")
-    torch.manual_seed(model_seed)
-    trainer = Trainer(
-        config,
-        task,
-        task.build_model(len(train.classes)),
-        task.build_loader(train, train=True),
-        task.build_loader(task.build_dataset("val"), train=False),
-        run=folder,
-        device=torch.device("cpu"),
-    )
+    folder = tmp_path / name
+    trainer = detect_trainer(config, task, folder, model_seed=model_seed)
     if resume:
         trainer.resume(resume)
-    return trainer, task, folder
+    return trainer, task, RunDir(folder)
 
 
 def test_resumed_run_with_persistent_workers_and_cache_equals_an_uninterrupted_one(tmp_path):
