@@ -77,9 +77,7 @@ class ImageCache:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self.files = list(pool.map(self._write_npy, samples))
                 return
-            images = list(
-                pool.map(lambda s: None if s.image is not None else s.load_image(), samples)
-            )
+            images = list(pool.map(_decode, samples))
         sizes = [0 if image is None else image.size for image in images]
         self.buffer = torch.empty(sum(sizes), dtype=torch.uint8)
         flat = self.buffer.numpy()

@@ -94,7 +94,7 @@ class RecordsDataset(Dataset):
             index, seed = int(key), int(torch.randint(0, 2**31 - 1, ()).item())
         sample = self.records.samples[index]
         self.transform.reseed(seed)
-        image = self.cache.image(index, sample) if self.cache is not None else sample.load_image()
+        image = self.load_image(index)
         keep = ~sample.iscrowd
         masks = None
         needs_masks = self.instance_masks or (
@@ -117,6 +117,12 @@ class RecordsDataset(Dataset):
         )
         tensor = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))
         return tensor, target
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Sample ``index``'s image as read from disk, ``uint8 [H, W, 3]`` RGB (from the
+        decoded-image cache when there is one)."""
+        sample = self.records.samples[index]
+        return self.cache.image(index, sample) if self.cache is not None else sample.load_image()
 
     def coco_ground_truth(self) -> dict[str, Any]:
         """The split as a COCO instances dict in ORIGINAL image pixels (boxes ``[x, y, w, h]``).

@@ -291,7 +291,7 @@ class MosaicDataset(Dataset):
         targets or the augmentation need them (every tile then has them)."""
         dataset = self.dataset
         sample = dataset.records.samples[index]
-        image = dataset.cache.image(index, sample) if dataset.cache else sample.load_image()
+        image = dataset.load_image(index)
         keep = ~sample.iscrowd
         masks = None
         if dataset.instance_masks or dataset.transform.recompute_boxes:
