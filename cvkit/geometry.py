@@ -29,14 +29,26 @@ class Geometry:
     scale: tuple[float, float]
     offset: tuple[float, float] = (0.0, 0.0)
 
+    def _box_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``float32 [4]`` scale and offset of xyxy boxes: ``input = original * scale + offset``."""
+        sx, sy = self.scale
+        ox, oy = self.offset
+        return (
+            np.array([sx, sy, sx, sy], dtype=np.float32),
+            np.array([ox, oy, ox, oy], dtype=np.float32),
+        )
+
+    def boxes_to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """``float [N, 4]`` xyxy original pixels → ``float32 [N, 4]`` input pixels (not
+        clipped)."""
+        scale, offset = self._box_affine()
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale + offset
+
     def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
         """``float [N, 4]`` xyxy input pixels → ``float32 [N, 4]`` original pixels, clipped to
         the original image."""
-        sx, sy = self.scale
-        ox, oy = self.offset
         height, width = self.orig_size
-        offset = np.array([ox, oy, ox, oy], dtype=np.float32)
-        scale = np.array([sx, sy, sx, sy], dtype=np.float32)
+        scale, offset = self._box_affine()
         out = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - offset) / scale
         out[:, 0::2] = out[:, 0::2].clip(0, width)
         out[:, 1::2] = out[:, 1::2].clip(0, height)

@@ -68,9 +68,9 @@ def padded_proposals(
         min_rows: the least ``P`` the graph needs (``topk_candidates // C + 1``).
 
     Returns:
-        ``float32 [batch_size, P, 4]`` xyxy input pixels (``input = original * scale +
-        offset``), ``P = max(P_i, min_rows, 1)``; each image's boxes first, then zero rows,
-        which the graph reads as padding (as it does any box of zero width or height).
+        ``float32 [batch_size, P, 4]`` xyxy input pixels (:meth:`Geometry.boxes_to_input`),
+        ``P = max(P_i, min_rows, 1)``; each image's boxes first, then zero rows, which the
+        graph reads as padding (as it does any box of zero width or height).
 
     Raises:
         InputError: not one array per image, or an array that is not ``[P, 4]``.
@@ -86,9 +86,5 @@ def padded_proposals(
     rows = max(min_rows, 1, *(len(boxes) for boxes in arrays))
     padded = np.zeros((batch_size, rows, 4), dtype=np.float32)
     for slot, boxes, geometry in zip(padded, arrays, geometries, strict=False):
-        sx, sy = geometry.scale
-        ox, oy = geometry.offset
-        scale = np.array([sx, sy, sx, sy], dtype=np.float32)
-        offset = np.array([ox, oy, ox, oy], dtype=np.float32)
-        slot[: len(boxes)] = boxes * scale + offset
+        slot[: len(boxes)] = geometry.boxes_to_input(boxes)
     return padded
