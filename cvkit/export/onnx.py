@@ -211,7 +211,8 @@ def metadata_from_config(config: Config, classes: list[str]) -> ModelMetadata:
 
 
 def build_graph(model: nn.Module, metadata: ModelMetadata, options: ExportConfig) -> nn.Module:
-    """Wrap ``model`` in the module whose forward is the exported graph (eval mode), as the
+    """Wrap ``model`` in the module whose forward is the exported graph (eval mode): the
+    model's own ``model.export_graph(metadata, options)`` when it defines one, else as the
     metadata's task builds it (:meth:`~cvkit.engine.tasks.Task.export_graph`).
 
     With ``options.half`` the graph holds a float16 copy; ``model`` itself is left as it is.
@@ -219,6 +220,8 @@ def build_graph(model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     model = model.eval()
     if options.half:
         model = copy.deepcopy(model).half()
+    if hasattr(model, "export_graph"):
+        return model.export_graph(metadata, options).eval()
     return get_task(metadata.task).export_graph(model, metadata, options).eval()
 
 

@@ -189,14 +189,13 @@ class Task:
     def export_graph(
         cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     ) -> nn.Module:
-        """The module traced to ONNX: the model's own ``model.export_graph(metadata, options)``
-        when it defines one, else ``model(images)`` as float32 logits
+        """The module traced to ONNX for a model that builds none itself (a model's own
+        ``model.export_graph(metadata, options)`` takes precedence, see
+        :func:`cvkit.export.onnx.build_graph`); default: ``model(images)`` as float32 logits
         (:class:`cvkit.export.onnx.LogitsGraph`). ``model`` is already in eval mode (and
         float16 when ``options.half``)."""
         from cvkit.export.onnx import LogitsGraph
 
-        if hasattr(model, "export_graph"):
-            return model.export_graph(metadata, options)
         return LogitsGraph(model, options.half)
 
     @classmethod

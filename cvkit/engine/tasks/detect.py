@@ -145,8 +145,7 @@ class DetectTask(Task):
     def export_graph(
         cls, model: nn.Module, metadata: ModelMetadata, options: ExportConfig
     ) -> nn.Module:
-        """The model's own ``model.export_graph(metadata, options)`` when it defines one, else
-        ``model.candidates`` then, with ``options.nms``, padded NMS
+        """``model.candidates`` then, with ``options.nms``, padded NMS
         (:class:`cvkit.export.onnx.DetectorGraph`; inputs the model declares after the images,
         ``model.export_inputs``, are passed on to ``candidates``), and the masks of the
         detections when the model declares a ``masks`` output
@@ -158,8 +157,6 @@ class DetectTask(Task):
         """
         from cvkit.export.onnx import DetectorGraph, MaskDetectorGraph, export_output_names
 
-        if hasattr(model, "export_graph"):
-            return model.export_graph(metadata, options)
         if not hasattr(model, "candidates"):
             raise ExportError(
                 f"{type(model).__name__} has no candidates(images) method; detectors must "
