@@ -15,7 +15,7 @@ at ``--sizes`` (square, default 256 and 512 px), in one process, with ``--thread
 
 Writes ``benchmarks/results/style.md`` and ``style_loss.png`` (Gatys losses per step).
 
-    python benchmarks/bench_style.py [--sizes 256 512] [--steps 50 3] [--threads 2]
+    python benchmarks/bench_style.py [--sizes 256 512] [--steps 100 100] [--threads 2]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def plot(histories: dict[int, list[dict[str, float]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 3], help="per size")
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 100], help="per size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "style.md")
@@ -158,9 +158,7 @@ def main() -> None:
     text = f"""# Style transfer: Gatys optimisation vs the fast feed-forward network
 
 `python benchmarks/bench_style.py --sizes {sizes} --steps {counts} --threads {args.threads}`,
-one run,
-{started}, on a **shared** machine (other jobs ran on the same cores: treat the numbers as
-rough, the ratio as the point).
+one run, {started}. Other jobs on the same cores show in the load averages below.
 
 - CPU: {cpu}; torch and onnxruntime limited to {args.threads} threads; torch {torch.__version__}.
 - Load before: `{load_before}`
