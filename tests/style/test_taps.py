@@ -56,3 +56,42 @@ def test_tap_names_cover_every_layer_and_bad_names_are_named():
     assert names[-1] == "pool5" and "relu5_3" in names and "relu5_4" not in names
     with pytest.raises(ConfigError, match="relu9_9"):
         backbone.taps(torch.zeros(1, 3, 8, 8), ["relu1_1", "relu9_9"])
+
+
+# torchvision's FX node names for these modules equal the module paths (each runs once)
+RESNET_LAYERS = ["layer1.0.bn1", "layer2.1.bn2", "layer3", "layer4.0.downsample.1", "relu"]
+
+
+def test_any_backbone_taps_equal_torchvision_feature_extraction(tmp_path):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = create_backbone("resnet18", pretrained=path).eval()
+    assert set(RESNET_LAYERS) <= set(backbone.tap_names)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = backbone.taps(image, RESNET_LAYERS)
+        expected = create_feature_extractor(reference, RESNET_LAYERS)(image)
+        # torchvision's FX output of a node followed by an in-place ReLU is the post-ReLU
+        # tensor, so the BatchNorm output is computed from torchvision's modules by hand
+        stem = reference.maxpool(reference.relu(reference.bn1(reference.conv1(image))))
+        block = reference.layer1[0]
+        expected["layer1.0.bn1"] = block.bn1(block.conv1(stem))
+    # the order the layers ran in, whatever order they were asked in
+    assert list(got) == ["relu", "layer1.0.bn1", "layer2.1.bn2", "layer3", "layer4.0.downsample.1"]
+    for name in RESNET_LAYERS:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+    # the BatchNorm output before the block's in-place ReLU: copied before the ReLU ran
+    assert bool((got["layer1.0.bn1"] < 0).any())
+
+
+def test_a_shared_module_and_unknown_layers_are_named():
+    backbone = create_backbone("resnet18", width_mult=0.25).eval()
+    image = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"layer1\.0\.relu.*more than once"):
+        backbone.taps(image, ["layer1.0.relu"])
+    with pytest.raises(ConfigError, match="layer9"):
+        backbone.taps(image, ["layer9"])

@@ -127,6 +127,67 @@ class Backbone(nn.Module):
                     break
         return features
 
+    @property
+    def tap_names(self) -> list[str]:
+        """Every layer :meth:`taps` can return: the dotted module paths of ``named_modules()``
+        (``layer3.1.conv2``, as in the state dict and torchvision's feature extraction)."""
+        return [name for name, _ in self.named_modules() if name]
+
+    def taps(self, x: Tensor, names: Sequence[str]) -> OrderedDict[str, Tensor]:
+        """The activations of the named layers (any layer, not only stage ends).
+
+        Each named module's output is copied when it is produced (a later in-place op, a
+        residual ``+=`` or ``ReLU(inplace=True)``, cannot change it); the stages run until every
+        named module has run.
+
+        Args:
+            x (Tensor[B, in_channels, H, W]): normalized images.
+            names: layer names from :attr:`tap_names`, in any order.
+
+        Returns:
+            ``OrderedDict`` name → ``Tensor[B, C, h, w]`` in the order the layers ran.
+
+        Raises:
+            ConfigError: a name that is not a layer of this backbone, or a layer that runs more
+                than once per forward (a shared ``relu``: tap its block instead).
+        """
+        self._check_tap_names(names)
+        modules = dict(self.named_modules())
+        calls: dict[str, list[Tensor]] = {name: [] for name in names}
+        order: list[str] = []
+
+        def recorder(name: str):
+            def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+                calls[name].append(output.clone())
+                order.append(name)
+
+            return hook
+
+        handles = [modules[name].register_forward_hook(recorder(name)) for name in names]
+        try:
+            for _ in self.iter_stages(x):
+                if all(calls.values()):
+                    break
+        finally:
+            for handle in handles:
+                handle.remove()
+        repeated = {name: len(outputs) for name, outputs in calls.items() if len(outputs) > 1}
+        if repeated:
+            raise ConfigError(
+                f"taps: layer(s) {sorted(repeated)} of {type(self).__name__} run more than once "
+                "per forward (a module shared by several calls); tap the enclosing block or "
+                "another layer instead"
+            )
+        return OrderedDict((name, calls[name][0]) for name in dict.fromkeys(order))
+
+    def _check_tap_names(self, names: Sequence[str]) -> None:
+        unknown = [name for name in names if name not in self.tap_names]
+        if unknown or not names:
+            raise ConfigError(
+                f"taps: unknown layer(s) {unknown or '[]'} for {type(self).__name__}; "
+                f"layers are {self.tap_names}"
+            )
+
     def build_head(self, num_classes: int, dropout: float | None = None) -> nn.Module:
         """The architecture's own classifier head on the last stage (keys as the reference's).
 
@@ -266,8 +327,11 @@ class SequentialBackbone(Backbone):
 
     @property
     def tap_names(self) -> list[str]:
-        """Every layer :meth:`taps` can return, from input to output."""
-        return list(getattr(self, "layer_names", []))
+        """Every layer :meth:`taps` can return, from input to output: the names given to the
+        ``features`` layers (VGG's ``relu4_2``), else the module paths (``features.3``)."""
+        if hasattr(self, "layer_names"):
+            return list(self.layer_names)
+        return super().tap_names
 
     def taps(self, x: Tensor, names: Sequence[str]) -> OrderedDict[str, Tensor]:
         """The activations of the named layers (any layer, not only stage ends).
@@ -286,12 +350,9 @@ class SequentialBackbone(Backbone):
         Raises:
             ConfigError: a name that is not a layer of this backbone.
         """
-        unknown = [name for name in names if name not in self.tap_names]
-        if unknown or not names:
-            raise ConfigError(
-                f"taps: unknown layer(s) {unknown or '[]'} for {type(self).__name__}; "
-                f"layers are {self.tap_names}"
-            )
+        if not hasattr(self, "layer_names"):
+            return super().taps(x, names)
+        self._check_tap_names(names)
         wanted = set(names)
         last = max(self.layer_names.index(name) for name in wanted)
         found: OrderedDict[str, Tensor] = OrderedDict()
