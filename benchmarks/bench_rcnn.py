@@ -13,14 +13,14 @@ batches and data. torchvision's model is wrapped only to speak the cvkit detecto
    (same seed, loader, optimizer, schedule), COCO mAP on the synthetic val split.
 3. Inference latency of those trained models at batch 1 on 640x480 images: cvkit's export
    through the torch-free runtime (``cvkit.runtime.Detector``, NMS in the graph) against
-   torchvision eager (same numpy pre-processing), call by call in turns.
+   torchvision eager (same numpy pre-processing), in turns (an untimed call before each timed one).
 4. Equal wall clock: ``configs/faster_rcnn.yaml`` and ``configs/ssd.yaml`` each trained by
    ``cvkit.train`` with ``train.time=--minutes`` (the epochs and LR schedule fitted into the
    budget), best val mAP of each.
 
 Writes ``benchmarks/results/rcnn.md``.
 
-    python benchmarks/bench_rcnn.py [--epochs 3] [--rounds 5] [--steps 3] [--minutes 5]
+    python benchmarks/bench_rcnn.py [--epochs 8] [--rounds 5] [--steps 3] [--minutes 5]
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def equal_wall_clock(minutes: float, folder: Path, overrides: list[str]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="training budget for the mAP")
+    parser.add_argument("--epochs", type=int, default=8, help="training budget for the mAP")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model")
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
     parser.add_argument("--calls", type=int, default=20, help="timed inference calls")
