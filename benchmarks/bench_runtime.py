@@ -72,8 +72,11 @@ def interleaved_timings(
 ) -> list[list[float]]:
     """Seconds per call of each pipeline, after ``warmup`` calls each.
 
-    The pipelines take turns call by call, so a busy machine slows them alike and the ratio
-    stays fair.
+    The pipelines take turns, so a busy machine slows them alike and the ratio stays fair.
+    Each turn starts with an untimed call: the thread pool of the pipeline before (an
+    onnxruntime session's or torch's) keeps spinning for a while after its call returns, and
+    timing the first call beside those spinning threads measured one pipeline's call up to 3x
+    slower than it runs in a process of its own.
     """
     for predict in pipelines:
         for _ in range(warmup):
@@ -81,6 +84,7 @@ def interleaved_timings(
     seconds: list[list[float]] = [[] for _ in pipelines]
     for _ in range(iterations):
         for predict, record in zip(pipelines, seconds, strict=True):
+            predict(images)
             start = time.perf_counter()
             predict(images)
             record.append(time.perf_counter() - start)
@@ -158,7 +162,8 @@ def write_report(
         f"original pixels are all timed. CPU rows: {THREADS} threads unless marked "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); latency over "
         f"{iterations} calls at batch 1 after warm-up, throughput at batch 8; the pipelines "
-        f"take turns call by call. Load average (1, 5, 15 min) at the end: {load}. "
+        "take turns, an untimed call before each timed one. Load average (1, 5, 15 min) at "
+        f"the end: {load}. "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}.",
         "",
         "| pipeline | latency p50 (ms) | latency p95 (ms) | throughput batch 8 (img/s) |",
