@@ -6,7 +6,7 @@ through the same code as ``cvkit export`` (fp32 with a dynamic batch; ``--half``
 static QDQ calibrated on 200 train images). For each file: its size, the runtime predictor's
 p50 latency at batch 1 and throughput at batch 8 on the CPU (2 threads, the val images at
 their original size, pre- and post-processing included; the three take turns, each turn an
-untimed call then a timed one: :func:`bench_runtime.compare`), and its val-split accuracy
+untimed call then 5 timed ones: :func:`bench_runtime.compare`), and its val-split accuracy
 through the runtime (mAP@.5 for SSD, mIoU for FCN). Writes ``benchmarks/results/precision.md``.
 
     cd benchmarks && python bench_precision.py [--iterations 30]
@@ -104,7 +104,7 @@ def write_report(out: Path, results: list[dict], machine: dict[str, str], iterat
         f"({os.cpu_count()} cores visible; {machine['simd']}), onnxruntime "
         f"{onnxruntime.__version__} CPU EP with {THREADS} intra-op threads, torch "
         f"{torch.__version__}. Other jobs on the machine show in the load averages below; the "
-        "three precisions take turns (an untimed call, then a timed one: the previous session's "
+        "three precisions take turns (an untimed call, then 5 timed ones: the previous session's "
         "threads spin on for a while after its call), which keeps their ratios fair under load.",
         "",
         f"- `uptime` before: `{machine['before']}`",

@@ -13,7 +13,7 @@ batches and data. torchvision's model is wrapped only to speak the cvkit detecto
    (same seed, loader, optimizer, schedule), COCO mAP on the synthetic val split.
 3. Inference latency of those trained models at batch 1 on 640x480 images: cvkit's export
    through the torch-free runtime (``cvkit.runtime.Detector``, NMS in the graph) against
-   torchvision eager (same numpy pre-processing), in turns (an untimed call before each timed one).
+   torchvision eager (same numpy pre-processing), in turns (an untimed call, then 5 timed ones).
 4. Equal wall clock: ``configs/faster_rcnn.yaml`` and ``configs/ssd.yaml`` each trained by
    ``cvkit.train`` with ``train.time=--minutes`` (the epochs and LR schedule fitted into the
    budget), best val mAP of each.

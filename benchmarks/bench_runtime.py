@@ -68,26 +68,32 @@ def one_thread(predict: Callable) -> Callable:
 
 
 def interleaved_timings(
-    pipelines: list[Callable], images: list[np.ndarray], iterations: int, warmup: int = 2
+    pipelines: list[Callable],
+    images: list[np.ndarray],
+    iterations: int,
+    warmup: int = 2,
+    block: int = 5,
 ) -> list[list[float]]:
-    """Seconds per call of each pipeline, after ``warmup`` calls each.
+    """Seconds per call of each pipeline (``iterations`` calls each), after ``warmup`` calls.
 
-    The pipelines take turns, so a busy machine slows them alike and the ratio stays fair.
-    Each turn starts with an untimed call: the thread pool of the pipeline before (an
-    onnxruntime session's or torch's) keeps spinning for a while after its call returns, and
-    timing the first call beside those spinning threads measured one pipeline's call up to 3x
-    slower than it runs in a process of its own.
+    The pipelines take turns, so a busy machine slows them alike and the ratio stays fair. A
+    turn is an untimed call, then up to ``block`` timed ones: the thread pools of the pipeline
+    before (an onnxruntime session's or torch's) keep spinning for a while after its call
+    returns, and calls timed right after another pipeline's, call by call, measured them up to
+    3x slower (and at random) than in a process of their own.
     """
     for predict in pipelines:
         for _ in range(warmup):
             predict(images)
     seconds: list[list[float]] = [[] for _ in pipelines]
-    for _ in range(iterations):
+    while len(seconds[0]) < iterations:
+        calls = min(block, iterations - len(seconds[0]))
         for predict, record in zip(pipelines, seconds, strict=True):
             predict(images)
-            start = time.perf_counter()
-            predict(images)
-            record.append(time.perf_counter() - start)
+            for _ in range(calls):
+                start = time.perf_counter()
+                predict(images)
+                record.append(time.perf_counter() - start)
     return seconds
 
 
@@ -162,7 +168,7 @@ def write_report(
         f"original pixels are all timed. CPU rows: {THREADS} threads unless marked "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); latency over "
         f"{iterations} calls at batch 1 after warm-up, throughput at batch 8; the pipelines "
-        "take turns, an untimed call before each timed one. Load average (1, 5, 15 min) at "
+        "take turns (an untimed call, then 5 timed ones). Load average (1, 5, 15 min) at "
         f"the end: {load}. "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}.",
         "",
