@@ -267,7 +267,9 @@ def write_report(
         "",
         f"CPU: {cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}. onnxruntime {onnxruntime.__version__}, CPU "
-        "execution provider, its default threads.",
+        "execution provider, its default thread count; `cvkit serve` turns the threads' "
+        "spin-waiting off (its default, `--spin` turns it on), the plain server keeps "
+        "onnxruntime's default (spinning).",
         "",
         "| server | concurrency | requests | errors | requests/s | p50 (ms) | p95 (ms) | p99 (ms) "
         "| mean batch |",

@@ -211,6 +211,12 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--timeout", type=float, default=30.0, help="seconds before a 504")
     serve.add_argument("--providers", default="auto", help="auto, cpu, cuda or tensorrt")
     serve.add_argument("--threads", type=int, help="CPU intra-op threads per model")
+    serve.add_argument(
+        "--spin",
+        action="store_true",
+        help="let onnxruntime's threads spin-wait between runs (off: they leave the cores to "
+        "the HTTP work)",
+    )
 
 
 def _add_tune_parser(commands: argparse._SubParsersAction) -> None:

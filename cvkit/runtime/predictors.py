@@ -68,6 +68,7 @@ class Predictor:
         threads: CPU intra-op threads (None: onnxruntime's default).
         batch_size: images per ``session.run`` for models with a dynamic batch axis; a static
             model runs its own batch size (the last chunk is padded).
+        spin: let onnxruntime's threads spin-wait after each run (see :class:`OnnxModel`).
 
     Raises:
         ModelFileError: unreadable file, missing metadata, or a model of another task.
@@ -82,8 +83,9 @@ class Predictor:
         providers: str | Sequence[str] = "auto",
         threads: int | None = None,
         batch_size: int = 8,
+        spin: bool = True,
     ) -> None:
-        self.model = OnnxModel(path, providers, threads)
+        self.model = OnnxModel(path, providers, threads, spin)
         if self.task and self.metadata.task != self.task:
             raise ModelFileError(
                 f"{path}: this is a '{self.metadata.task}' model; "

@@ -90,6 +90,9 @@ class OnnxModel:
         path: ``.onnx`` file written by ``cvkit export``.
         providers: see the module docstring.
         threads: intra-op threads of the CPU provider (None: onnxruntime's default).
+        spin: let those threads spin-wait for work after each run (onnxruntime's default):
+            the next run starts sooner, but the spinning takes the cores from other work in the
+            process (a server's HTTP handling, decoding) and from other sessions.
 
     Raises:
         ModelFileError: missing, non-ONNX or corrupt file, or one without cvkit metadata.
@@ -101,6 +104,7 @@ class OnnxModel:
         path: str | Path,
         providers: str | Sequence[str] = "auto",
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -110,6 +114,8 @@ class OnnxModel:
             _preload_cuda_libraries()
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

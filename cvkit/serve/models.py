@@ -62,7 +62,11 @@ class ServedModel:
         self.name = name
         self.path = path
         self.predictor = load_predictor(
-            path, settings.providers, threads=settings.threads, batch_size=settings.max_batch
+            path,
+            settings.providers,
+            threads=settings.threads,
+            batch_size=settings.max_batch,
+            spin=settings.spin,
         )
         self.model = self.predictor.model
         fixed = self.model.input_shape[0]

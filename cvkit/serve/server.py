@@ -73,6 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             providers=args.providers,
             threads=args.threads,
+            spin=args.spin,
         )
     )
     return 0

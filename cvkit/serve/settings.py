@@ -37,6 +37,10 @@ class ServeSettings:
         timeout_s: a request still unanswered after this gets 504.
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
         threads: CPU intra-op threads per model (None: onnxruntime's default).
+        spin: let those threads spin-wait between runs. Off by default: on 2 CPU cores the
+            spinning took the cores from the HTTP handling and decoding, and turning it off
+            raised batched requests/s at concurrency 16 from 351 to 424
+            (``benchmarks/results/serve.md``).
     """
 
     models: tuple[str, ...]
@@ -49,6 +53,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     providers: str = "auto"
     threads: int | None = None
+    spin: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -18,6 +18,17 @@ def test_runs_on_cpu_and_says_so(mean_colour_model):
     np.testing.assert_allclose(logits, batch.mean(axis=(2, 3)), rtol=1e-6)
 
 
+def test_spinning_threads_can_be_turned_off(mean_colour_model):
+    key = "session.intra_op.allow_spinning"
+    batch = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    quiet = OnnxModel(mean_colour_model, "cpu", threads=2, spin=False)
+    default = OnnxModel(mean_colour_model, "cpu", threads=2)
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match=key):  # unset: onnxruntime's default, spinning
+        default.session.get_session_options().get_session_config_entry(key)
+    np.testing.assert_array_equal(quiet.run(batch)["logits"], default.run(batch)["logits"])
+
+
 def test_auto_without_a_gpu_runs_on_cpu(mean_colour_model, monkeypatch):
     monkeypatch.setattr("cvkit.runtime.session._nvidia_device_present", lambda: False)
     assert requested_providers("auto") == [CPU]

@@ -97,5 +97,6 @@ def test_model_paths_and_limits_are_checked(model_folder, tmp_path):
             model_files(paths)
     with pytest.raises(ServeError, match="--max-batch"):
         ServeSettings(models=("m.onnx",), max_batch=0)
-    settings = ServeSettings(models=("a.onnx",), max_delay_ms=2.5, threads=2)
+    assert ServeSettings(models=("a.onnx",)).spin is False  # the server's threads do not spin
+    settings = ServeSettings(models=("a.onnx",), max_delay_ms=2.5, threads=2, spin=True)
     assert ServeSettings.from_json(settings.to_json()) == settings
