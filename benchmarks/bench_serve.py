@@ -11,11 +11,15 @@ batch, NMS in the graph) run side by side, each in its own process on a free loo
   the decoding and ``Detector.predict`` in FastAPI's thread pool (keeping the event loop free),
   one ``session.run`` per request; concurrent requests call the session concurrently.
 
-An asyncio client (httpx, keep-alive, one connection per concurrent request) posts the same
-JPEG of the synthetic shapes for a bounded number of requests or seconds at each concurrency,
-servers taking turns at each level. Writes ``benchmarks/results/serve.md``.
+The load comes from ``wrk`` (Debian's package; one C thread, keep-alive, ``--seconds`` per
+point) when it is on the PATH, else from an asyncio httpx client (one connection per concurrent
+request, at most ``--requests`` requests or ``--seconds``). On 2 cores the client shares the
+CPU with the servers, and the Python client used so much of it that at concurrency 64 every
+server but one was starved for requests; ``--client httpx`` forces it. Each posts the same JPEG
+of the synthetic shapes, servers taking turns at each level. Writes
+``benchmarks/results/serve.md``.
 
-    python benchmarks/bench_serve.py [--model best.onnx] [--concurrency 1 4 16 64]
+    python benchmarks/bench_serve.py [--model best.onnx] [--concurrency 1 4 16 64] [--client wrk]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +187,39 @@ async def load_test(
     }
 
 
+# wrk's done() hook: the counts and percentiles (microseconds) as one parseable line
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/jpeg"
+local file = io.open("{body}", "rb")
+wrk.body = file:read("*all")
+file:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("CVKIT requests=%d errors=%d seconds=%f p50=%d p95=%d p99=%d\\n",
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    summary.duration / 1e6, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99)))
+end
+"""
+
+
+def wrk_load_test(url: str, script: Path, concurrency: int, seconds: float) -> dict:
+    """``wrk`` with ``concurrency`` connections posting for ``seconds``; same keys as
+    :func:`load_test`."""
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"CVKIT (.*)", output)
+    if found is None:
+        raise RuntimeError(f"wrk printed no summary:\n{output}")
+    values = {key: float(value) for key, value in re.findall(r"(\w+)=([\d.]+)", found[1])}
+    return {
+        "requests": int(values["requests"]),
+        "errors": int(values["errors"]),
+        "rps": values["requests"] / values["seconds"],
+        **{f"p{q}_ms": values[f"p{q}"] / 1000 for q in (50, 95, 99)},
+    }
+
+
 def mean_batch(server: Server) -> tuple[float, float]:
     """(rows, runs) so far of the cvkit server's ``cvkit_batch_size`` histogram."""
     values = {"sum": 0.0, "count": 0.0}
@@ -207,13 +246,27 @@ def run(
     out: Path | None,
     image_size: int = 160,
     threads: int | None = None,
+    client: str = "auto",
 ) -> list[dict]:
-    """Export (unless ``model`` is given), start the servers, load-test them, write the report."""
+    """Export (unless ``model`` is given), start the servers, load-test them, write the report.
+
+    ``client``: ``wrk``, ``httpx``, or ``auto`` (wrk when it is on the PATH)."""
     load_before = _load()
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "httpx"
     with tempfile.TemporaryDirectory() as folder:
         if model is None:
             model = export_default_ssd(Path(folder) / "model.onnx")
         body = shapes_jpeg(image_size)
+        script = Path(folder) / "post.lua"
+        (Path(folder) / "body.jpg").write_bytes(body)
+        script.write_text(WRK_SCRIPT.format(body=Path(folder) / "body.jpg"))
+
+        def measure(url: str, level: int, requests: int, seconds: float) -> dict:
+            if client == "wrk":
+                return wrk_load_test(url, script, level, seconds)
+            return asyncio.run(load_test(url, body, level, requests, seconds))
+
         servers = start_servers(model, threads)
         rows = []
         try:
@@ -222,7 +275,7 @@ def run(
                     url = server.base + server.predict_path
                     asyncio.run(load_test(url, body, level, 2 * level, max_seconds))  # warm-up
                     batches = mean_batch(server) if server.name.startswith("cvkit") else None
-                    row = asyncio.run(load_test(url, body, level, max_requests, max_seconds))
+                    row = measure(url, level, max_requests, max_seconds)
                     if batches is not None:
                         rows_now, runs_now = mean_batch(server)
                         row["mean_batch"] = (rows_now - batches[0]) / max(
@@ -234,7 +287,7 @@ def run(
             for server in servers:
                 server.stop()
     if out is not None:
-        write_report(out, rows, image_size, max_requests, max_seconds, load_before, _load())
+        write_report(out, rows, image_size, max_requests, max_seconds, load_before, _load(), client)
     return rows
 
 
@@ -250,6 +303,7 @@ def write_report(
     max_seconds: float,
     load_before: str,
     load_after: str,
+    client: str = "httpx",
 ) -> None:
     """Markdown: one row per server and concurrency, and the target check at concurrency 16."""
     import onnxruntime
@@ -261,9 +315,14 @@ def write_report(
         "ResNet-18, 128 px input, seeded random weights, exported with a dynamic batch and NMS "
         f"in the graph) behind four servers on loopback, each posted one {image_size}x"
         f"{image_size} JPEG of the synthetic shapes per request (the image endpoint's JSON "
-        "detections come back). At each concurrency every server gets a warm-up, then up to "
-        f"{max_requests} requests or {max_seconds:g} s, servers taking turns. The asyncio "
-        "client (httpx) runs on the same machine and shares its CPU with the servers.",
+        "detections come back). At each concurrency every server gets a warm-up, then "
+        + (
+            f"{max_seconds:g} s of `wrk` (one C thread, keep-alive), servers taking turns. "
+            if client == "wrk"
+            else f"up to {max_requests} requests or {max_seconds:g} s of an asyncio httpx "
+            "client, servers taking turns. "
+        )
+        + "The client runs on the same machine and shares its CPU with the servers.",
         "",
         f"CPU: {cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}. onnxruntime {onnxruntime.__version__}, CPU "
@@ -318,6 +377,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="most requests per point")
     parser.add_argument("--seconds", type=float, default=8.0, help="most seconds per point")
     parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
     parser.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
@@ -327,7 +387,15 @@ def main() -> None:
 
         uvicorn.run(baseline_app(args.baseline_server), port=args.port, access_log=False)
         return
-    run(args.model, args.concurrency, args.requests, args.seconds, args.out, args.image_size)
+    run(
+        args.model,
+        args.concurrency,
+        args.requests,
+        args.seconds,
+        args.out,
+        args.image_size,
+        client=args.client,
+    )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ class ServeSettings:
         timeout_s: a request still unanswered after this gets 504.
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
         threads: CPU intra-op threads per model (None: onnxruntime's default).
-        spin: let those threads spin-wait between runs. Off by default: on 2 CPU cores the
-            spinning took the cores from the HTTP handling and decoding, and turning it off
-            raised batched requests/s at concurrency 16 from 351 to 424
-            (``benchmarks/results/serve.md``).
+        spin: let those threads spin-wait between runs. Off by default: on 2 CPU cores shared
+            with a CPU-hungry client (a Python load generator) the spinning took the cores from
+            the HTTP handling and decoding, and turning it off raised batched requests/s at
+            concurrency 16 from 351 to 424; with a light client (wrk) it changed nothing
+            (522 vs 530; ``benchmarks/results/serve.md``).
     """
 
     models: tuple[str, ...]
