@@ -41,7 +41,8 @@ class ServeSettings:
             with a CPU-hungry client (a Python load generator) the spinning took the cores from
             the HTTP handling and decoding, and turning it off raised batched requests/s at
             concurrency 16 from 351 to 424; with a light client (wrk) it changed nothing
-            (522 vs 530; ``benchmarks/results/serve.md``).
+            there (522 vs 530), and spinning answered one-at-a-time requests faster (335 vs 295
+            requests/s at concurrency 1; ``benchmarks/results/serve.md``).
     """
 
     models: tuple[str, ...]
