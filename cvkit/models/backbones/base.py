@@ -9,7 +9,7 @@ parameters get ``requires_grad=False`` and their BatchNorm layers stay in eval m
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -153,39 +153,43 @@ class Backbone(nn.Module):
         """
         self._check_tap_names(names)
         modules = dict(self.named_modules())
-        calls: dict[str, list[Tensor]] = {name: [] for name in names}
-        order: list[str] = []
+        found: OrderedDict[str, Tensor] = OrderedDict()  # first output, in the order layers ran
+        runs: Counter[str] = Counter()
 
         def recorder(name: str):
             def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-                calls[name].append(output.clone())
-                order.append(name)
+                runs[name] += 1
+                if name not in found:
+                    found[name] = output.clone()
 
             return hook
 
-        handles = [modules[name].register_forward_hook(recorder(name)) for name in names]
+        wanted = list(dict.fromkeys(names))
+        handles = [modules[name].register_forward_hook(recorder(name)) for name in wanted]
         try:
             for _ in self.iter_stages(x):
-                if all(calls.values()):
+                if len(found) == len(wanted):
                     break
         finally:
             for handle in handles:
                 handle.remove()
-        repeated = {name: len(outputs) for name, outputs in calls.items() if len(outputs) > 1}
+        repeated = sorted(name for name, count in runs.items() if count > 1)
         if repeated:
             raise ConfigError(
-                f"taps: layer(s) {sorted(repeated)} of {type(self).__name__} run more than once "
+                f"taps: layer(s) {repeated} of {type(self).__name__} run more than once "
                 "per forward (a module shared by several calls); tap the enclosing block or "
                 "another layer instead"
             )
-        return OrderedDict((name, calls[name][0]) for name in dict.fromkeys(order))
+        return found
 
     def _check_tap_names(self, names: Sequence[str]) -> None:
-        unknown = [name for name in names if name not in self.tap_names]
+        available = self.tap_names
+        known = set(available)
+        unknown = [name for name in names if name not in known]
         if unknown or not names:
             raise ConfigError(
                 f"taps: unknown layer(s) {unknown or '[]'} for {type(self).__name__}; "
-                f"layers are {self.tap_names}"
+                f"layers are {available}"
             )
 
     def build_head(self, num_classes: int, dropout: float | None = None) -> nn.Module:
