@@ -196,8 +196,13 @@ def write_voc(records: Records, out_dir: str | Path, split: str = "train") -> Pa
     out_dir = Path(out_dir)
     flat = [replace(s, file_name=Path(s.file_name).name) for s in records.samples]
     save_images(Records(flat, records.classes, records.category_ids), out_dir / "JPEGImages")
-    folders = ("Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass")
-    for folder in (*folders, "SegmentationObject"):
+    for folder in (
+        "Annotations",
+        "ImageSets/Main",
+        "ImageSets/Segmentation",
+        "SegmentationClass",
+        "SegmentationObject",
+    ):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     ids, segmented = [], []
     palette = voc_palette()
