@@ -37,12 +37,10 @@ class ServeSettings:
         timeout_s: a request still unanswered after this gets 504.
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
         threads: CPU intra-op threads per model (None: onnxruntime's default).
-        spin: let those threads spin-wait between runs. Off by default: on 2 CPU cores shared
-            with a CPU-hungry client (a Python load generator) the spinning took the cores from
-            the HTTP handling and decoding, and turning it off raised batched requests/s at
-            concurrency 16 from 351 to 424; with a light client (wrk) it changed nothing
-            there (522 vs 530), and spinning answered one-at-a-time requests faster (335 vs 295
-            requests/s at concurrency 1; ``benchmarks/results/serve.md``).
+        spin: let those threads spin-wait between runs. Off by default: where other work
+            competes for the cores the spinning takes them from the HTTP handling and decoding;
+            on a quiet machine it answers one-at-a-time requests sooner (measurements in
+            ``docs/serving.md`` and ``benchmarks/results/serve.md``).
     """
 
     models: tuple[str, ...]
