@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from machine import cpu_model
 
 from cvkit.config import Config, load_config
 from cvkit.config.export import ExportConfig
@@ -166,7 +166,7 @@ def write_report(
         f"{image_shape[1]}x{image_shape[0]} RGB images; pre-processing ({config.data.resize} + "
         f"normalize, the same numpy code for both), model (with NMS) and mapping boxes back to "
         f"original pixels are all timed. CPU rows: {THREADS} threads unless marked "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); latency over "
+        f"({cpu_model()}, {os.cpu_count()} cores); latency over "
         f"{iterations} calls at batch 1 after warm-up, throughput at batch 8; the pipelines "
         "take turns (an untimed call, then 5 timed ones). Load average (1, 5, 15 min) at "
         f"the end: {load}. "
