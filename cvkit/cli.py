@@ -205,7 +205,10 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.add_argument("--max-batch", type=int, default=16, help="most images per session.run")
     serve.add_argument(
-        "--max-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill"
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="longest wait for a batch to fill (image requests: only while others are arriving)",
     )
     serve.add_argument("--max-upload-mb", type=float, default=16.0, help="larger bodies get 413")
     serve.add_argument("--timeout", type=float, default=30.0, help="seconds before a 504")

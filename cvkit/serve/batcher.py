@@ -3,19 +3,24 @@
 Triton's dynamic batcher, in asyncio: a request :meth:`~DynamicBatcher.submit`\\ s an item that
 counts ``rows`` (1 for an image, ``B`` for a V2 tensor ``[B, ...]``). The first item in an
 empty queue waits at most ``max_delay_s`` for others; the batch closes earlier once it holds
-``max_rows`` rows. A worker thread (the executor) runs ``run_batch`` on the gathered items, so
-the event loop keeps accepting requests while the model runs and the requests that arrive
-meanwhile form the next batch. ``run_batch`` returns one result per item, in order, and each
-request gets its own. A request that gave up (timeout, client gone) before its batch ran is
-left out of it; an exception in ``run_batch`` fails that batch's requests only.
+``max_rows`` rows. With ``wait_for_incoming`` the wait is shorter still: it lasts only while
+requests marked by :meth:`~DynamicBatcher.incoming` (received, their body still being read or
+decoded) are on their way, so a lone request runs at once instead of idling for the delay,
+while a burst still fills the batch. A worker thread (the executor) runs ``run_batch`` on the
+gathered items, so the event loop keeps accepting requests while the model runs and the
+requests that arrive meanwhile form the next batch. ``run_batch`` returns one result per item,
+in order, and each request gets its own. A request that gave up (timeout, client gone) before
+its batch ran is left out of it; an exception in ``run_batch`` fails that batch's requests
+only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +50,9 @@ class DynamicBatcher(Generic[Item, Output]):
         executor: runs ``run_batch`` (one thread: batchers sharing it never run at once).
         observe: called after each batch with its row count, each item's seconds in the
             queue, and the seconds ``run_batch`` took (for metrics).
+        wait_for_incoming: wait for more items only while some are marked
+            :meth:`incoming` (never longer than ``max_delay_s``); else always up to
+            ``max_delay_s``, as Triton's queue delay.
     """
 
     def __init__(
@@ -54,11 +62,14 @@ class DynamicBatcher(Generic[Item, Output]):
         max_delay_s: float,
         executor: ThreadPoolExecutor,
         observe: BatchObserver | None = None,
+        wait_for_incoming: bool = False,
     ) -> None:
         self.run_batch = run_batch
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.observe = observe
+        self.wait_for_incoming = wait_for_incoming
+        self._incoming = 0
         self._executor = executor
         self._queue: asyncio.Queue[_Pending[Item]] | None = None
         self._carry: _Pending[Item] | None = None
@@ -81,13 +92,28 @@ class DynamicBatcher(Generic[Item, Output]):
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the server is shutting down"))
 
-    async def submit(self, item: Item, rows: int = 1) -> Output:
-        """Queue ``item`` (``rows`` rows) and wait for its output."""
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request on its way to :meth:`enqueue` (its body read, its image decoded)
+        for the duration of the block; with ``wait_for_incoming`` a batch waits only for
+        those."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
+    def enqueue(self, item: Item, rows: int = 1) -> asyncio.Future:
+        """Queue ``item`` (``rows`` rows); the returned future gets its output."""
         if self._queue is None:
             raise RuntimeError("DynamicBatcher.start() was not called")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(item, rows, future))
-        return await future
+        self._queue.put_nowait(_Pending(item, rows, future))
+        return future
+
+    async def submit(self, item: Item, rows: int = 1) -> Output:
+        """Queue ``item`` (``rows`` rows) and wait for its output."""
+        return await self.enqueue(item, rows)
 
     async def _next(self, timeout: float | None) -> _Pending[Item] | None:
         assert self._queue is not None
@@ -110,7 +136,8 @@ class DynamicBatcher(Generic[Item, Output]):
         batch, rows = [first], first.rows
         deadline = loop.time() + self.max_delay_s
         while rows < self.max_rows:
-            pending = await self._next(deadline - loop.time())
+            waiting = not self.wait_for_incoming or self._incoming > 0
+            pending = await self._next(deadline - loop.time() if waiting else 0)
             if pending is None:
                 break
             if pending.future.done():

@@ -4,7 +4,10 @@
 :class:`~cvkit.serve.batcher.DynamicBatcher` queues that share one worker thread (so a model
 runs one ``session.run`` at a time): decoded images for the image endpoint, batched through
 ``predictor.predict`` (pre-processing, the graph and post-processing of the whole batch), and
-V2 tensors ``[B, 3, H, W]``, concatenated into one ``session.run``. A model whose graph has a
+V2 tensors ``[B, 3, H, W]``, concatenated into one ``session.run``. An image batch waits (up
+to ``--max-delay-ms``) only while more images for the model are being received or decoded; a
+V2 batch waits the delay as Triton's does (its body is parsed before the handler runs, so
+there is nothing to watch). A model whose graph has a
 fixed batch size (the batch axis of its input is a number) is not batched: each request runs
 alone (images padded to the graph's batch by the predictor).
 """
@@ -81,6 +84,7 @@ class ServedModel:
             delay,
             executor,
             observe,
+            wait_for_incoming=True,
         )
         self.tensors: DynamicBatcher[np.ndarray, dict[str, np.ndarray]] = DynamicBatcher(
             lambda batches: _run_tensors(self.model, batches),

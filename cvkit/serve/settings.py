@@ -32,7 +32,8 @@ class ServeSettings:
         host, port: where uvicorn listens.
         workers: uvicorn worker processes; each loads every model.
         max_batch: most images (rows) one ``session.run`` gathers for a dynamic-batch model.
-        max_delay_ms: how long the first queued request waits for others to join its batch.
+        max_delay_ms: how long the first queued request waits for others to join its batch
+            (for images only while other images for the model are being received or decoded).
         max_upload_mb: request bodies larger than this get 413.
         timeout_s: a request still unanswered after this gets 504.
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).

@@ -31,10 +31,10 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def _with_batcher(run_batch, max_rows, delay, body, observed=None):
+async def _with_batcher(run_batch, max_rows, delay, body, observed=None, wait_for_incoming=False):
     with ThreadPoolExecutor(1) as executor:
         observe = None if observed is None else (lambda *args: observed.append(args))
-        batcher = DynamicBatcher(run_batch, max_rows, delay, executor, observe)
+        batcher = DynamicBatcher(run_batch, max_rows, delay, executor, observe, wait_for_incoming)
         batcher.start()
         try:
             return await body(batcher)
@@ -66,7 +66,9 @@ def test_rows_count_and_a_large_item_waits_for_the_next_batch():
     assert recorder.batches == [[0, 1], [2, 3]]
 
 
-def test_a_lone_item_waits_at_most_the_delay():
+@pytest.mark.parametrize("wait_for_incoming", [False, True])
+def test_a_lone_item_waits_at_most_the_delay(wait_for_incoming):
+    """Triton's policy waits the whole delay; waiting for incoming requests runs it at once."""
     recorder = Recorder()
 
     async def body(batcher):
@@ -75,8 +77,9 @@ def test_a_lone_item_waits_at_most_the_delay():
         result = await batcher.submit(21)
         return result, loop.time() - started
 
-    result, seconds = _run(_with_batcher(recorder, 8, 0.2, body))
-    assert result == 42 and 0.19 <= seconds < 1.5
+    result, seconds = _run(_with_batcher(recorder, 8, 0.5, body, None, wait_for_incoming))
+    assert result == 42
+    assert 0.49 <= seconds < 2.0 if not wait_for_incoming else seconds < 0.3
 
 
 def test_requests_arriving_during_a_run_form_the_next_batch():
@@ -118,3 +121,36 @@ def test_a_request_that_gave_up_is_left_out_of_its_batch():
 
     assert _run(_with_batcher(recorder, 4, 0.3, body)) == 16
     assert recorder.batches == [[8]]
+
+
+def test_waiting_for_incoming_holds_the_batch_for_requests_on_their_way():
+    recorder = Recorder()
+
+    async def main(executor, late_item_arrives: bool):
+        batcher = DynamicBatcher(recorder, 8, 0.5, executor, wait_for_incoming=True)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+
+        async def late():
+            with batcher.incoming():  # e.g. its body is still being read
+                await asyncio.sleep(0.1)
+                if late_item_arrives:
+                    return await batcher.enqueue(2)
+            return None
+
+        try:
+            started = loop.time()
+            pending = asyncio.ensure_future(late())
+            await asyncio.sleep(0)  # the late request is marked before the first is queued
+            first = await batcher.submit(1)
+            return first, await pending, loop.time() - started
+        finally:
+            await batcher.stop()
+
+    with ThreadPoolExecutor(1) as executor:
+        assert _run(main(executor, True))[:2] == (2, 4)
+        assert recorder.batches == [[1, 2]]  # one run held both
+        first, _, seconds = _run(main(executor, False))
+    # a marked request that never comes holds the batch no longer than the delay
+    assert first == 2 and 0.09 <= seconds < 1.5
+    assert recorder.batches == [[1, 2], [1]]

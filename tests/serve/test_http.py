@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cvkit.runtime import load_predictor
+from cvkit.serve.app import INLINE_DECODE_BYTES
 
 TENSOR = {
     "type": "object",
@@ -166,11 +167,17 @@ def test_v2_infer_equals_the_graph_run(client, references):
     assert [o["name"] for o in only.json()["outputs"]] == ["num_dets"]
 
 
-@pytest.mark.parametrize("encoding", ["raw", "multipart"])
-def test_predict_equals_the_runtime_detector(client, references, tmp_path, encoding):
-    path = _write(tmp_path / "noise.png", _noise(3))
+@pytest.mark.parametrize(
+    ("encoding", "shape"),
+    [("raw", (90, 120, 3)), ("multipart", (90, 120, 3)), ("raw", (160, 200, 3))],
+    ids=["raw", "multipart", "raw-decoded-in-a-thread"],
+)
+def test_predict_equals_the_runtime_detector(client, references, tmp_path, encoding, shape):
+    path = _write(tmp_path / "noise.png", _noise(3, shape))
     expected = references["ssd"].predict(path)
     data = path.read_bytes()
+    # small bodies are decoded on the event loop, larger ones in a thread: both paths run
+    assert (len(data) > INLINE_DECODE_BYTES) == (shape[0] == 160)
     if encoding == "raw":
         response = client.post(
             "/v1/models/ssd/predict", content=data, headers={"content-type": "image/png"}
@@ -181,7 +188,7 @@ def test_predict_equals_the_runtime_detector(client, references, tmp_path, encod
         )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["image"] == {"height": 90, "width": 120}
+    assert body["image"] == {"height": shape[0], "width": shape[1]}
     _same_detections(body, expected)
     threshold = float(np.median(expected.scores))
     above = client.post(f"/v1/models/ssd/predict?score_threshold={threshold}", content=data).json()
@@ -278,7 +285,14 @@ def test_bad_uploads_get_their_status_and_reason(client, tmp_path):
             yield b"\xff" * 2**17
 
     _error(client.post(predict, content=chunks()), 413, "limit")
-    _error(client.post(f"{predict}?score_threshold=2", content=jpeg), 400, "score_threshold")
+    for bad in ("2", "-0.1", "nan", "abc"):
+        _error(
+            client.post(f"{predict}?score_threshold={bad}", content=jpeg),
+            400,
+            "score_threshold",
+            repr(bad),
+        )
+    _error(client.post(f"{predict}?mask_format=bmp", content=jpeg), 400, "mask_format", "'bmp'")
     assert client.post(predict, content=jpeg).status_code == 200
 
 

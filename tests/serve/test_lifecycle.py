@@ -24,22 +24,43 @@ def _jpeg(seed: int = 0) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
+def _slow_upload(url: str, seconds: float, answers: list[httpx.Response]) -> threading.Thread:
+    """A started thread posting a JPEG whose second half is sent ``seconds`` after the first:
+    while its body is being read the server counts it as on its way to the batch."""
+    data = _jpeg(1)
+
+    def body():
+        yield data[: len(data) // 2]
+        time.sleep(seconds)
+        yield data[len(data) // 2 :]
+
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{url}/v1/models/ssd/predict", content=body(), timeout=20)
+        )
+    )
+    thread.start()
+    time.sleep(0.2)  # its headers and first half have arrived
+    return thread
+
+
 def _total(text: str, endpoint: str, status: str) -> float:
     prefix = f'cvkit_requests_total{{endpoint="{endpoint}",model="ssd",status="{status}"}}'
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
 
 
-def test_timeout_answers_504_and_workers_share_metrics(model_folder, launch):
-    """Two workers; a batch waits 3 s for company but requests time out after 0.3 s."""
-    server = launch(
-        [model_folder / "ssd.onnx"], "--workers", "2", "--max-delay-ms", "3000", "--timeout", "0.3"
-    )
+def test_timeout_answers_504(model_folder, launch):
+    """A batch waits up to 3 s for a slow upload (V2: for company), but requests time out
+    after 0.3 s."""
+    server = launch([model_folder / "ssd.onnx"], "--max-delay-ms", "3000", "--timeout", "0.3")
+    slow: list[httpx.Response] = []
+    upload = _slow_upload(server.url, 1.5, slow)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         started = time.perf_counter()
         response = client.post("/v1/models/ssd/predict", content=_jpeg())
         assert response.status_code == 504
         assert "0.3 s timeout" in response.json()["error"]
-        assert time.perf_counter() - started < 2.5
+        assert time.perf_counter() - started < 1.2  # before the slow upload ends
         zeros = [0.0] * (3 * 64 * 64)
         infer = {
             "inputs": [
@@ -47,28 +68,42 @@ def test_timeout_answers_504_and_workers_share_metrics(model_folder, launch):
             ]
         }
         assert client.post("/v2/models/ssd/infer", json=infer).status_code == 504
+        upload.join()
+        # the slow upload's own wait started once its body was in: it made its batch
+        assert slow[0].status_code == 200
+        text = client.get("/metrics").text
+    assert _total(text, "/v1/models/{name}/predict", "504") == 1
+    assert _total(text, "/v1/models/{name}/predict", "200") == 1
+    assert server.stop() in (0, -signal.SIGTERM)
+
+
+def test_workers_share_metrics(model_folder, launch):
+    server = launch([model_folder / "ssd.onnx"], "--workers", "2")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
         for _ in range(4):
             assert client.get("/v2/models/ssd").status_code == 200
         text = client.get("/metrics").text
-    assert _total(text, "/v1/models/{name}/predict", "504") == 1
     assert _total(text, "/v2/models/{name}", "200") == 4  # summed over both workers
     assert server.stop() in (0, -signal.SIGTERM)
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(model_folder, launch):
-    server = launch([model_folder / "ssd.onnx"], "--max-delay-ms", "1500")
+    server = launch([model_folder / "ssd.onnx"], "--max-delay-ms", "3000")
     answers: list[httpx.Response] = []
+    upload = _slow_upload(server.url, 1.0, answers)  # its body is still being read
     request = threading.Thread(
         target=lambda: answers.append(
             httpx.post(f"{server.url}/v1/models/ssd/predict", content=_jpeg(), timeout=20)
         )
     )
     request.start()
-    time.sleep(0.5)  # the request now waits in the batcher's queue
+    time.sleep(0.3)  # the request now waits in the batcher's queue for the slow upload
     # uvicorn re-raises the signal once its graceful shutdown is done
     assert server.stop() in (0, -signal.SIGTERM)
     request.join()
-    assert answers[0].status_code == 200 and answers[0].json()["task"] == "detect"
+    upload.join()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all(answer.json()["task"] == "detect" for answer in answers)
 
 
 def test_a_server_process_imports_no_torch(model_folder):
