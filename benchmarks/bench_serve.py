@@ -1,9 +1,12 @@
 """Load test of ``cvkit serve`` on loopback: dynamic batching on vs off vs a hand-written baseline.
 
-Four servers of the same exported default SSD (``configs/ssd.yaml``: seeded weights, dynamic
+Five servers of the same exported default SSD (``configs/ssd.yaml``: seeded weights, dynamic
 batch, NMS in the graph) run side by side, each in its own process on a free loopback port:
 
-- ``cvkit serve (batching)``: ``--max-batch 16 --max-delay-ms 5`` (the defaults);
+- ``cvkit serve (batching)``: ``--max-batch 16 --max-delay-ms 5`` and ``--workers auto`` (the
+  defaults: one worker process per core, up to 4, each with one onnxruntime thread per core it
+  owns);
+- ``cvkit serve (batching, 1 worker)``: the same in one process (onnxruntime's thread count);
 - ``cvkit serve (batching, 0 ms delay)``: ``--max-delay-ms 0``: a batch is whatever queued while
   the previous one ran;
 - ``cvkit serve (no batching)``: ``--max-batch 1``, one request per ``session.run``;
@@ -48,6 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "rectangle", "triangle"]
 CVKIT_SERVERS = {
     "cvkit serve (batching)": ["--max-batch", "16", "--max-delay-ms", "5"],
+    "cvkit serve (batching, 1 worker)": [
+        "--max-batch",
+        "16",
+        "--max-delay-ms",
+        "5",
+        "--workers",
+        "1",
+    ],
     "cvkit serve (batching, 0 ms delay)": ["--max-batch", "16", "--max-delay-ms", "0"],
     "cvkit serve (no batching)": ["--max-batch", "1"],
 }
@@ -313,7 +324,7 @@ def write_report(
         "",
         "`python benchmarks/bench_serve.py` — the default SSD (`configs/ssd.yaml`: quarter-width "
         "ResNet-18, 128 px input, seeded random weights, exported with a dynamic batch and NMS "
-        f"in the graph) behind four servers on loopback, each posted one {image_size}x"
+        f"in the graph) behind five servers on loopback, each posted one {image_size}x"
         f"{image_size} JPEG of the synthetic shapes per request (the image endpoint's JSON "
         "detections come back). At each concurrency every server gets a warm-up, then "
         + (
@@ -326,9 +337,11 @@ def write_report(
         "",
         f"CPU: {cpu_model()} ({os.cpu_count()} cores). Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}. onnxruntime {onnxruntime.__version__}, CPU "
-        "execution provider, its default thread count; `cvkit serve` turns the threads' "
-        "spin-waiting off (its default, `--spin` turns it on), the plain server keeps "
-        "onnxruntime's default (spinning).",
+        "execution provider. `cvkit serve` runs its default `--workers auto` (one process per "
+        "core, up to 4, one onnxruntime thread per core each) unless the row says 1 worker "
+        "(onnxruntime's default thread count), and turns the threads' spin-waiting off (its "
+        "default, `--spin` turns it on); the plain server is one process with onnxruntime's "
+        "defaults (all cores, spinning).",
         "",
         "| server | concurrency | requests | errors | requests/s | p50 (ms) | p95 (ms) | p99 (ms) "
         "| mean batch |",
@@ -345,7 +358,7 @@ def write_report(
     by_key = {(r["server"], r["concurrency"]): r for r in rows}
     for level in sorted({r["concurrency"] for r in rows}):
         baseline = by_key.get(("plain FastAPI", level))
-        for name in list(CVKIT_SERVERS)[:2]:
+        for name in list(CVKIT_SERVERS)[:3]:
             batching = by_key.get((name, level))
             if batching is None or baseline is None:
                 continue

@@ -197,12 +197,26 @@ def _add_style_parser(commands: argparse._SubParsersAction) -> None:
     style.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
+def _workers(value: str) -> int | str:
+    """``--workers``: ``auto`` or a positive number."""
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected auto or a number of processes, got {value!r}")
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve exported .onnx models over HTTP")
     serve.add_argument("model", nargs="+", help=".onnx files or folders of them (name = stem)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help="uvicorn worker processes (auto: one per core up to 4 on the CPU, 1 on a GPU)",
+    )
     serve.add_argument("--max-batch", type=int, default=16, help="most images per session.run")
     serve.add_argument(
         "--max-delay-ms",

@@ -1,8 +1,9 @@
 """Running the app under uvicorn: ``cvkit serve`` and :func:`serve`.
 
-One worker runs the app built here. Several workers (``--workers N``) are separate processes
-that uvicorn starts by importing :func:`app_from_environment`; they read the settings from the
-``CVKIT_SERVE_SETTINGS`` environment variable and share their metrics through a
+``--workers auto`` (the default) is resolved first (:meth:`ServeSettings.resolved`: one process
+per core on the CPU, up to four). One worker runs the app built here. Several workers are
+separate processes that uvicorn starts by importing :func:`app_from_environment`; they read the
+settings from the ``CVKIT_SERVE_SETTINGS`` environment variable and share their metrics through a
 ``PROMETHEUS_MULTIPROC_DIR`` folder made for this server. On SIGINT/SIGTERM uvicorn stops
 accepting connections, lets the requests in flight finish (up to the request timeout), then
 stops the batchers.
@@ -17,9 +18,13 @@ import tempfile
 
 import uvicorn
 
-from cvkit.logs import setup_logging
+from cvkit.logs import get_logger, setup_logging
+from cvkit.resources import available_cpus
+from cvkit.runtime.session import CPU, requested_providers
 from cvkit.serve.app import create_app
 from cvkit.serve.settings import SETTINGS_ENV, ServeSettings, model_files
+
+logger = get_logger("serve")
 
 
 def app_from_environment():
@@ -36,6 +41,13 @@ def serve(settings: ServeSettings) -> None:
     """
     setup_logging()
     model_files(settings.models)
+    settings = settings.resolved(available_cpus(), requested_providers(settings.providers) == [CPU])
+    logger.info(
+        "%d worker process%s, %s onnxruntime threads each",
+        settings.workers,
+        "" if settings.workers == 1 else "es",
+        settings.threads or "the default",
+    )
     options = {
         "host": settings.host,
         "port": settings.port,

@@ -112,11 +112,17 @@ class Server:
 
 
 def start_server(models: list[Path], *options: str, timeout: float = 60) -> Server:
-    """Start ``python -m cvkit serve MODELS OPTIONS`` on a free loopback port; wait for ready."""
+    """Start ``python -m cvkit serve MODELS OPTIONS`` on a free loopback port; wait for ready.
+
+    One worker process unless ``OPTIONS`` say otherwise, so that what a test sends reaches one
+    set of batchers (``auto`` would start one per core).
+    """
     port = free_port()
     command = [sys.executable, "-m", "cvkit", "serve", *map(str, models), "--port", str(port)]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([*command, "--providers", "cpu", *options], env=environment)
+    process = subprocess.Popen(
+        [*command, "--providers", "cpu", "--workers", "1", *options], env=environment
+    )
     server = Server(process, f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

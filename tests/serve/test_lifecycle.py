@@ -5,18 +5,20 @@ Each test starts its own ``cvkit serve`` process with the settings it needs.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
 import pytest
 
-from cvkit.serve.settings import ServeError, ServeSettings, model_files
+from cvkit.serve.settings import MAX_AUTO_WORKERS, ServeError, ServeSettings, model_files
 
 
 def _jpeg(seed: int = 0) -> bytes:
@@ -132,6 +134,44 @@ def test_model_paths_and_limits_are_checked(model_folder, tmp_path):
             model_files(paths)
     with pytest.raises(ServeError, match="--max-batch"):
         ServeSettings(models=("m.onnx",), max_batch=0)
+    for workers in (0, "many"):
+        with pytest.raises(ServeError, match="--workers"):
+            ServeSettings(models=("m.onnx",), workers=workers)
     assert ServeSettings(models=("a.onnx",)).spin is False  # the server's threads do not spin
     settings = ServeSettings(models=("a.onnx",), max_delay_ms=2.5, threads=2, spin=True)
     assert ServeSettings.from_json(settings.to_json()) == settings
+
+
+def test_auto_workers_share_the_cores_on_the_cpu_and_stay_one_on_a_gpu():
+    auto = ServeSettings(models=("m.onnx",))
+    assert auto.workers == "auto"
+    two = auto.resolved(cores=2, cpu_only=True)
+    assert (two.workers, two.threads) == (2, 1)
+    many = auto.resolved(cores=16, cpu_only=True)
+    assert (many.workers, many.threads) == (MAX_AUTO_WORKERS, 16 // MAX_AUTO_WORKERS)
+    one_core = auto.resolved(cores=1, cpu_only=True)
+    assert (one_core.workers, one_core.threads) == (1, None)  # onnxruntime's default
+    gpu = auto.resolved(cores=16, cpu_only=False)
+    assert (gpu.workers, gpu.threads) == (1, None)
+    # what the user set is kept
+    pinned = ServeSettings(models=("m.onnx",), workers=3, threads=2).resolved(16, True)
+    assert (pinned.workers, pinned.threads) == (3, 2)
+    assert ServeSettings.from_json(two.to_json()) == two
+
+
+def test_cvkit_serve_starts_the_auto_workers(model_folder, launch):
+    """Without --workers the server starts one process per core (up to the cap) and serves."""
+    server = launch([model_folder / "ssd.onnx"], "--workers", "auto")
+    expected = min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
+    children = subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    # uvicorn's supervisor spawns the workers with multiprocessing (beside a resource tracker)
+    spawned = [
+        pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(spawned) == (expected if expected > 1 else 0)
+    jpeg = _jpeg()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post("/v1/models/ssd/predict", content=jpeg).status_code == 200
+    assert server.stop() in (0, -signal.SIGTERM)
