@@ -20,6 +20,7 @@ requests not answered within the timeout 504; an error in one request never stop
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -342,6 +343,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
+def _number(text: str) -> float:
+    """``float(text)``, or NaN for text that is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _predict_options(request: Request) -> tuple[float | None, str]:
     """``score_threshold`` (None or a number in [0, 1]) and ``mask_format`` of a predict URL.
 
@@ -349,17 +358,12 @@ def _predict_options(request: Request) -> tuple[float | None, str]:
         ServeHTTPError: 400 naming the query parameter and its value.
     """
     params = request.query_params
-    score_threshold = None
     raw = params.get("score_threshold")
-    if raw is not None:
-        try:
-            score_threshold = float(raw)
-        except ValueError:
-            score_threshold = None
-        if score_threshold is None or not 0 <= score_threshold <= 1:
-            raise ServeHTTPError(
-                400, f"invalid request: query.score_threshold: {raw!r} is not a number in [0, 1]"
-            )
+    score_threshold = None if raw is None else _number(raw)
+    if score_threshold is not None and not 0 <= score_threshold <= 1:  # NaN fails too
+        raise ServeHTTPError(
+            400, f"invalid request: query.score_threshold: {raw!r} is not a number in [0, 1]"
+        )
     mask_format = params.get("mask_format", "png")
     if mask_format not in MASK_FORMATS:
         raise ServeHTTPError(

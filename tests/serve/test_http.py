@@ -198,7 +198,10 @@ def test_predict_equals_the_runtime_detector(client, references, tmp_path, encod
 def test_jpeg_upload_decodes_like_the_runtime(client, references, tmp_path):
     path = tmp_path / "noise.jpg"
     _write(path, _noise(4))
-    body = client.post("/v1/models/ssd/predict", content=path.read_bytes()).json()
+    response = client.post("/v1/models/ssd/predict", content=path.read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"] == {"height": 90, "width": 120}
     _same_detections(body, references["ssd"].predict(path))
 
 

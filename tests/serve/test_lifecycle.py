@@ -171,7 +171,6 @@ def test_cvkit_serve_starts_the_auto_workers(model_folder, launch):
         pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     assert len(spawned) == (expected if expected > 1 else 0)
-    jpeg = _jpeg()
     with httpx.Client(base_url=server.url, timeout=10) as client:
-        assert client.post("/v1/models/ssd/predict", content=jpeg).status_code == 200
+        assert client.post("/v1/models/ssd/predict", content=_jpeg()).status_code == 200
     assert server.stop() in (0, -signal.SIGTERM)
