@@ -4,7 +4,8 @@ For a config (default ``configs/ssd.yaml``, what ``make train`` trains) each pha
 its own in the main process, with the thread count training would use:
 
 - ``decode``: reading one image as the dataset does (from the cache when ``data.cache`` is on);
-- ``augment``: the rest of one training sample (augmentation, fit to size, targets);
+- ``augment``: the rest of one training sample (mosaic when ``data.mosaic`` is on,
+  augmentation, fit to size, targets);
 - ``collate``: stacking and normalizing a batch;
 - ``forward``: the network (backbone, neck, head); ``loss``: anchor matching and the loss
   (for a model with ``predict`` and ``match``, as SSD; otherwise forward and loss are one row);
@@ -34,10 +35,12 @@ import torch
 from machine import cpu_model, uptime, vector_isa
 
 from cvkit.config import load_config
+from cvkit.data.sampling import SampleKey, sample_seed
 from cvkit.engine.environment import configure_threads, seed_everything
 from cvkit.engine.optim import build_optimizer
 from cvkit.engine.tasks import get_task
 from cvkit.engine.trainer import Trainer
+from cvkit.resources import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +57,12 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def sample_phases(dataset, count: int) -> tuple[float, float]:
-    """Median seconds per image of decoding and of a whole training sample."""
+    """Median seconds per image of decoding and of a whole training sample (a mosaic when the
+    config asks for one: the keys are those of an epoch with multi-sample transforms on)."""
     keys = list(range(min(count, len(dataset))))
-    samples = dataset.records.samples
-    cache = getattr(dataset, "cache", None)
+    source = getattr(dataset, "dataset", dataset)  # MosaicDataset wraps the records
+    samples = source.records.samples
+    cache = getattr(source, "cache", None)
 
     def decode() -> None:
         for index in keys:
@@ -68,7 +73,7 @@ def sample_phases(dataset, count: int) -> tuple[float, float]:
 
     def whole() -> None:
         for index in keys:
-            dataset[index]
+            dataset[SampleKey(index, sample_seed(0, 0, index), 0, True)]
 
     return timed(decode, 3) / len(keys), timed(whole, 3) / len(keys)
 
@@ -226,6 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.cfg, args.overrides)
     threads = configure_threads()
+    keep_freed_memory()  # as `cvkit train` does on the CPU
     load_before = uptime()
     lines, rates = profile(config, args.steps)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

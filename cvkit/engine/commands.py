@@ -50,6 +50,7 @@ from cvkit.engine.trainer import Trainer
 from cvkit.errors import CheckpointError, ConfigError, CvkitError
 from cvkit.logs import get_logger, setup_logging
 from cvkit.models.loading import load_model
+from cvkit.resources import keep_freed_memory
 
 logger = get_logger("commands")
 
@@ -133,6 +134,8 @@ def _train(
     device = select_device(config.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(config.seed)
     run = _run_dir(config, out, resume) if info.rank == 0 else None
     if info.rank != 0:
