@@ -250,6 +250,7 @@ class MosaicDataset(Dataset):
         self.size = dataset.transform.size
         self.classes = dataset.classes
         self.category_ids = dataset.category_ids
+        self.records = dataset.records  # the split's images and annotations, unchanged
 
     def __len__(self) -> int:
         return len(self.dataset)

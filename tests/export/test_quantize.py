@@ -21,7 +21,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from cvkit.cli import main
-from cvkit.export.quantize import float_tail
+from cvkit.config import load_config
+from cvkit.export.quantize import calibration_images, float_tail
 from cvkit.logs import setup_logging
 from cvkit.runtime import Detector, Segmenter
 
@@ -129,6 +130,25 @@ def test_float_tail_keeps_everything_after_the_last_weighted_op():
     sigmoid_name = model.graph.node[3].name
     assert sigmoid_name and sigmoid_name not in {"conv1", "relu", "conv2", "decode"}
     assert sorted(excluded) == sorted([sigmoid_name, "decode", "flatten", "softmax"])
+
+
+def test_calibration_reads_the_split_images_of_a_mosaic_config(tmp_path):
+    # the training split of a config with mosaic is wrapped for multi-sample transforms; the
+    # calibration images are still the split's own images, not mosaics
+    overrides = [
+        f"data.cache_dir={tmp_path}",
+        "data.synthetic.image_size=64",
+        "data.synthetic.num_train=8",
+        "data.synthetic.num_val=4",
+    ]
+    plain = load_config(CONFIGS / "ssd.yaml", [*overrides, "data.mosaic=0"])
+    mosaic = load_config(CONFIGS / "ssd.yaml", [*overrides, "data.mosaic=1.0"])
+    got = calibration_images(mosaic, "train", 4)
+    expected = calibration_images(plain, "train", 4)
+    assert len(got) == 4
+    for image, reference in zip(got, expected, strict=True):
+        assert image.shape == (64, 64, 3)
+        np.testing.assert_array_equal(image, reference)
 
 
 def test_int8_ssd_runs_in_the_runtime_with_a_float_tail(trained, tmp_path, capsys):
