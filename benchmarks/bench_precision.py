@@ -7,7 +7,9 @@ static QDQ calibrated on 200 train images). For each file: its size, the runtime
 p50 latency at batch 1 and throughput at batch 8 on the CPU (2 threads, the val images at
 their original size, pre- and post-processing included; the three take turns, each turn an
 untimed call then 5 timed ones: :func:`bench_runtime.compare`), and its val-split accuracy
-through the runtime (mAP@.5 for SSD, mIoU for FCN). Writes ``benchmarks/results/precision.md``.
+through the runtime (mAP@.5 for SSD, mIoU for FCN). Then onnxruntime's own profiler splits the
+fp32 and int8 graphs' time at batch 8 (graph only) into the convolutions and the rest, which
+shows the most int8 can gain on this CPU. Writes ``benchmarks/results/precision.md``.
 
     cd benchmarks && python bench_precision.py [--iterations 30]
 """
@@ -15,11 +17,14 @@ through the runtime (mAP@.5 for SSD, mIoU for FCN). Writes ``benchmarks/results/
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import torch
 from bench_runtime import THREADS, compare
@@ -33,6 +38,7 @@ from cvkit.export.commands import export_checkpoint
 from cvkit.export.quantize import evaluate_onnx, export_reduced, gate_metric
 from cvkit.logs import setup_logging
 from cvkit.runtime import load_predictor
+from cvkit.runtime.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short trainings that still give non-trivial accuracy on 2 shared CPU cores.
@@ -42,6 +48,8 @@ BUDGETS = {
 }
 COMMON = ["device=cpu", "export.after_train=false"]
 TARGET_SPEEDUP, TARGET_DROP = 1.5, 0.01
+CONV_OPS = frozenset({"Conv", "QLinearConv", "ConvTranspose", "ConvInteger", "FusedConv"})
+PROFILED_RUNS = 30
 
 
 def _simd() -> str:
@@ -51,6 +59,37 @@ def _simd() -> str:
     )
     found = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if name in flags]
     return "flags: " + (", ".join(found) if found else "none of avx2/avx512/vnni")
+
+
+def graph_profile(path: Path, batch: np.ndarray) -> dict[str, float]:
+    """Milliseconds per ``session.run`` of ``batch`` spent in each op type (onnxruntime's
+    profiler, kernel time of each node summed over :data:`PROFILED_RUNS` runs; thread spinning
+    off, so waiting threads do not count)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: batch}
+    session.run(None, feed)
+    for _ in range(PROFILED_RUNS):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    per_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    # the warm-up run is profiled too
+    return {op: micros / 1e3 / (PROFILED_RUNS + 1) for op, micros in per_op.items()}
+
+
+def split_profile(per_op: dict[str, float]) -> tuple[float, float]:
+    """(milliseconds in convolutions, milliseconds in every other node)."""
+    conv = sum(ms for op, ms in per_op.items() if op in CONV_OPS)
+    return conv, sum(per_op.values()) - conv
 
 
 def bench_model(name: str, folder: Path, iterations: int) -> dict:
@@ -77,6 +116,11 @@ def bench_model(name: str, folder: Path, iterations: int) -> dict:
     images = [sample.load_image() for sample in records.samples[:8]]
     predictors = [load_predictor(paths[p], "cpu", threads=THREADS) for p in paths]
     rows = compare(list(paths), [p.predict for p in predictors], images, iterations)
+    metadata = predictors[0].metadata
+    batch, _ = preprocess(
+        images, tuple(metadata.input_size), metadata.resize, metadata.mean, metadata.std
+    )
+    profiles = {p: split_profile(graph_profile(paths[p], batch)) for p in ("fp32", "int8")}
     for row in rows:
         row["size_mb"] = paths[row["name"]].stat().st_size / 1e6
         row["value"] = values[row["name"]]
@@ -91,6 +135,7 @@ def bench_model(name: str, folder: Path, iterations: int) -> dict:
         "image_size": config.data.image_size,
         "float_checkpoint": reduced["int8"].float_value,
         "image_shape": images[0].shape[:2],
+        "profiles": profiles,
     }
 
 
@@ -139,6 +184,18 @@ def write_report(out: Path, results: list[dict], machine: dict[str, str], iterat
                 f"{row['throughput']:.1f} | {row['throughput'] / fp32['throughput']:.2f} | "
                 f"{row['value']:.4f} | {fp32['value'] - row['value']:+.4f} |"
             )
+        (conv32, rest32), (conv8, rest8) = result["profiles"]["fp32"], result["profiles"]["int8"]
+        lines += [
+            "",
+            "Graph only, batch 8, onnxruntime's profiler (node kernel time per run, ms):",
+            "",
+            "| precision | convolutions | every other node | total |",
+            "|---|---:|---:|---:|",
+            f"| fp32 | {conv32:.2f} | {rest32:.2f} | {conv32 + rest32:.2f} |",
+            f"| int8 | {conv8:.2f} | {rest8:.2f} | {conv8 + rest8:.2f} |",
+            f"| fp32 / int8 | {conv32 / conv8:.2f}x | {rest32 / rest8:.2f}x | "
+            f"{(conv32 + rest32) / (conv8 + rest8):.2f}x |",
+        ]
         int8 = rows["int8"]
         speedup = int8["throughput"] / fp32["throughput"]
         drop = fp32["value"] - int8["value"]
