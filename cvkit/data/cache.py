@@ -71,6 +71,21 @@ class ImageCache:
         self.buffer = torch.empty(0, dtype=torch.uint8)
         self._fill(samples, max(1, threads))
 
+    @classmethod
+    def of_images(cls, images: Sequence[np.ndarray | None]) -> ImageCache:
+        """A ``ram`` cache of ``images`` themselves (None: that index is not cached), e.g.
+        resized copies of a split's images."""
+        cache = cls.__new__(cls)
+        cache.mode, cache.folder, cache.files = "ram", None, []
+        cache.offsets, cache.shapes = [], []
+        cache._store(images)
+        return cache
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the ``ram`` cache holds (0 for ``disk``)."""
+        return self.buffer.numel()
+
     def _fill(self, samples: Sequence[Sample], threads: int) -> None:
         with ThreadPoolExecutor(threads) as pool:
             if self.mode == "disk":
@@ -78,6 +93,10 @@ class ImageCache:
                 self.files = list(pool.map(self._write_npy, samples))
                 return
             images = list(pool.map(_decode, samples))
+        self._store(images)
+
+    def _store(self, images: Sequence[np.ndarray | None]) -> None:
+        """Copy ``images`` into one flat ``uint8`` buffer (workers share it)."""
         sizes = [0 if image is None else image.size for image in images]
         self.buffer = torch.empty(sum(sizes), dtype=torch.uint8)
         flat = self.buffer.numpy()

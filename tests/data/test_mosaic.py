@@ -1,8 +1,9 @@
 """Mosaic and MixUp: the canvas against a pixel-by-pixel placement, boxes and instance masks
 consistent (each box the tight box of its mask, inside the canvas, slivers dropped), the
 mask-free path against the masks for rectangles, MixUp's blend and objects; the dataset
-wrapper: same key -> same sample in a fresh dataset, closed-mosaic keys and plain indices
-unchanged, mixup of two mosaics against the same draws by hand."""
+wrapper: same key -> same sample in a fresh dataset, the same samples from kept (cached) tiles
+as from tiles resized every time, closed-mosaic keys and plain indices unchanged, mixup of two
+mosaics against the same draws by hand."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from cvkit.config.data import DataConfig, TransformSpec
 from cvkit.data import mosaic as mosaic_module
+from cvkit.data.cache import ImageCache
 from cvkit.data.loader import RecordsDataset
 from cvkit.data.mosaic import (
     FILL,
@@ -197,6 +199,28 @@ def test_same_key_same_sample_in_a_fresh_dataset_and_masks_match_boxes():
             np.testing.assert_array_equal(box, mask_to_box(mask))
         seen_boxes.add(target.boxes.numpy().tobytes())
     assert len(seen_boxes) == 6  # the seed changes the mosaic
+
+
+def _cached(image_size: int, instance_masks: bool = False, cache: bool = True):
+    """A detect split whose images come from a RAM cache, as a file dataset's would."""
+    records, _ = synthetic_records(12, image_size=image_size, seed=5)
+    config = DataConfig(image_size=SIZE, augment=FLIP, instance_masks=instance_masks)
+    transform = build_transform(config, "detect", train=True)
+    images = ImageCache.of_images([sample.image for sample in records.samples]) if cache else None
+    return RecordsDataset(records, transform, "detect", instance_masks, images)
+
+
+def test_kept_tiles_give_the_same_samples_as_resizing_every_time():
+    kept = MosaicDataset(_cached(96), 1.0, 0.5)
+    assert kept.tiles is not None and kept.tiles.nbytes == 12 * SIZE * SIZE * 3
+    resized = MosaicDataset(_cached(96), 1.0, 0.5)
+    resized.tiles = None
+    for seed in range(8):
+        _assert_same(kept[_key(seed % 12, seed)], resized[_key(seed % 12, seed)])
+    # resized every time: masks needed, no RAM cache, or tiles larger than the cached images
+    assert MosaicDataset(_cached(96, instance_masks=True), 1.0, 0.0).tiles is None
+    assert MosaicDataset(_cached(96, cache=False), 1.0, 0.0).tiles is None
+    assert MosaicDataset(_cached(48), 1.0, 0.0).tiles is None
 
 
 def test_closed_mosaic_keys_and_plain_indices_give_the_dataset_sample():
