@@ -192,12 +192,13 @@ def keep_freed_memory() -> bool:
     kernel, for the rest of the process. Returns whether it did (False off glibc/Linux).
 
     A CPU training step frees and re-allocates the same large tensors every step (4 MiB each
-    for the activations and gradients of a 64 x 64 stage at batch 16). glibc serves blocks of
-    that size with ``mmap`` and returns them on ``free``, so every step page-faults them in
-    again: ~3,000 minor faults per step on a 2-core AMD EPYC, 5% of the training run's CPU
-    time spent in the kernel. Blocks up to 32 MiB now come from the heap (``M_MMAP_THRESHOLD``)
-    and up to 1 GiB of free heap top stays mapped (``M_TRIM_THRESHOLD``); the process's
-    resident memory stays near its peak instead of shrinking between steps.
+    for the activations and gradients of a 64 x 64 stage at batch 16). By default glibc maps
+    some blocks of that size with ``mmap`` and unmaps them on ``free``, and trims the heap when
+    several are freed, so every step page-faults them in again: ~3,000 minor faults per step
+    of the default SSD on a 2-core AMD EPYC, 5% of its training run's CPU time in the kernel.
+    Blocks up to 32 MiB now come from the heap (``M_MMAP_THRESHOLD``) and up to 1 GiB of free
+    heap top stays mapped (``M_TRIM_THRESHOLD``); the process's resident memory stays near
+    its peak instead of shrinking between steps.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -26,11 +26,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cvkit.config.data import DataConfig
-from cvkit.data.cache import ImageCache
+from cvkit.data.cache import RAM_FRACTION, ImageCache
 from cvkit.data.loader import RecordsDataset, mask_target
 from cvkit.data.records import mask_to_box
 from cvkit.data.sampling import SampleKey
 from cvkit.errors import ConfigError
+from cvkit.resources import available_memory
 from cvkit.structures import Target
 
 FILL = 114  # canvas grey where no tile reaches (as in the YOLO recipes)
@@ -306,8 +307,9 @@ class MosaicDataset(Dataset):
 
     def _cache_tiles(self) -> tuple[ImageCache | None, np.ndarray | None]:
         """Every image resized for the mosaic, and each one's box scale ``[N, 4]``; (None,
-        None) unless the split's images are in a RAM cache, no masks are needed and the tiles
-        take at most the cache's memory."""
+        None) unless the split's images are in a RAM cache, no masks are needed, and the tiles
+        take at most the cache's memory and fit the memory left as the cache had to
+        (:data:`~cvkit.data.cache.RAM_FRACTION` of what is available now)."""
         dataset = self.dataset
         cache = dataset.cache
         if (
@@ -318,8 +320,11 @@ class MosaicDataset(Dataset):
         ):
             return None, None
         samples = dataset.records.samples
+        if any(min(int(s.height), int(s.width)) <= 0 for s in samples):
+            return None, None  # sizes unknown: the tiles' memory cannot be told in advance
         fitted = [fitted_size(int(s.height), int(s.width), self.size) for s in samples]
-        if sum(3 * width * height for width, height in fitted) > cache.nbytes:
+        need = sum(3 * width * height for width, height in fitted)
+        if need > cache.nbytes or need > RAM_FRACTION * available_memory():
             return None, None
         images, scales = [], []
         for index in range(len(samples)):

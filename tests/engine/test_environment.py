@@ -96,7 +96,6 @@ def test_process_cpu_counts_live_workers():
         child.wait()
 
 
-
 STEP_FAULTS_SCRIPT = """
 import resource, sys, torch
 from cvkit.resources import keep_freed_memory
