@@ -60,9 +60,8 @@ def sample_phases(dataset, count: int) -> tuple[float, float]:
     """Median seconds per image of decoding and of a whole training sample (a mosaic when the
     config asks for one: the keys are those of an epoch with multi-sample transforms on)."""
     keys = list(range(min(count, len(dataset))))
-    source = getattr(dataset, "dataset", dataset)  # MosaicDataset wraps the records
-    samples = source.records.samples
-    cache = getattr(source, "cache", None)
+    samples = dataset.records.samples
+    cache = getattr(getattr(dataset, "dataset", dataset), "cache", None)  # under a mosaic
 
     def decode() -> None:
         for index in keys:

@@ -81,14 +81,24 @@ def box_scale(height: int, width: int, size: int) -> np.ndarray:
     return np.array([new_w / width, new_h / height] * 2, np.float32)
 
 
+def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
+    """``image [H, W, ...]`` resized (bilinear) so its longer side is ``size``; ``image``
+    itself when it already is."""
+    height, width = image.shape[:2]
+    new_w, new_h = fitted_size(height, width, size)
+    if (new_w, new_h) == (width, height):
+        return image
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
 def fit_longest_side(item: LabeledImage, size: int) -> LabeledImage:
     """Resize so the longer side is ``size`` (aspect ratio kept, no padding); boxes scale with
     the image, masks are resized nearest-neighbour."""
-    height, width = item.image.shape[:2]
-    new_w, new_h = fitted_size(height, width, size)
-    if (new_w, new_h) == (width, height):
+    image = resize_longest_side(item.image, size)
+    if image is item.image:
         return item
-    image = cv2.resize(item.image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    height, width = item.image.shape[:2]
+    new_h, new_w = image.shape[:2]
     masks = item.masks
     if masks is not None:
         masks = np.zeros((0, new_h, new_w), np.uint8)
@@ -329,12 +339,8 @@ class MosaicDataset(Dataset):
         images, scales = [], []
         for index in range(len(samples)):
             image = dataset.load_image(index)
-            height, width = image.shape[:2]
-            new_w, new_h = fitted_size(height, width, self.size)
-            if (new_w, new_h) != (width, height):
-                image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-            images.append(image)
-            scales.append(box_scale(height, width, self.size))
+            images.append(resize_longest_side(image, self.size))
+            scales.append(box_scale(*image.shape[:2], self.size))
         return ImageCache.of_images(images), np.stack(scales)
 
     def _tile(self, index: int) -> LabeledImage:

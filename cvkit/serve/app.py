@@ -28,7 +28,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -324,16 +323,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
+    generate_openapi = app.openapi
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema["paths"][PREDICT_PATH] = {"post": PREDICT_OPERATION}
-            app.openapi_schema = schema
+            # FastAPI's own schema (cached on the app) plus the plain route's operation
+            generate_openapi()["paths"][PREDICT_PATH] = {"post": PREDICT_OPERATION}
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

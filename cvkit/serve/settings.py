@@ -20,7 +20,7 @@ from cvkit.errors import CvkitError
 SETTINGS_ENV = "CVKIT_SERVE_SETTINGS"
 # ``workers="auto"`` on the CPU: one process per core up to this many. Each holds every model
 # and its own Python (~150 MB); beyond a few, more onnxruntime threads per process serve better.
-MAX_AUTO_WORKERS = 4
+MAX_AUTO_SERVE_WORKERS = 4
 
 
 class ServeError(CvkitError, ValueError):
@@ -37,7 +37,7 @@ class ServeSettings:
         host, port: where uvicorn listens.
         workers: uvicorn worker processes, each with its own event loop, batchers and copy of
             every model; ``auto`` (:meth:`resolved`): one per core up to
-            :data:`MAX_AUTO_WORKERS` when the models run on the CPU, else 1. On 2 cores two
+            :data:`MAX_AUTO_SERVE_WORKERS` when the models run on the CPU, else 1. On 2 cores two
             processes of one onnxruntime thread each served 2.0-2.5x a plain FastAPI server's
             requests/s against ~1.5x for one process (``docs/serving.md``): a Python
             server's event loop is one core's work.
@@ -93,7 +93,7 @@ class ServeSettings:
         """
         workers = self.workers
         if workers == "auto":
-            workers = min(cores, MAX_AUTO_WORKERS) if cpu_only else 1
+            workers = min(cores, MAX_AUTO_SERVE_WORKERS) if cpu_only else 1
         threads = self.threads
         if threads is None and workers > 1 and cpu_only:
             threads = max(1, cores // workers)

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cvkit.serve.settings import MAX_AUTO_WORKERS, ServeError, ServeSettings, model_files
+from cvkit.serve.settings import MAX_AUTO_SERVE_WORKERS, ServeError, ServeSettings, model_files
 
 
 def _jpeg(seed: int = 0) -> bytes:
@@ -148,7 +148,7 @@ def test_auto_workers_share_the_cores_on_the_cpu_and_stay_one_on_a_gpu():
     two = auto.resolved(cores=2, cpu_only=True)
     assert (two.workers, two.threads) == (2, 1)
     many = auto.resolved(cores=16, cpu_only=True)
-    assert (many.workers, many.threads) == (MAX_AUTO_WORKERS, 16 // MAX_AUTO_WORKERS)
+    assert (many.workers, many.threads) == (MAX_AUTO_SERVE_WORKERS, 16 // MAX_AUTO_SERVE_WORKERS)
     one_core = auto.resolved(cores=1, cpu_only=True)
     assert (one_core.workers, one_core.threads) == (1, None)  # onnxruntime's default
     gpu = auto.resolved(cores=16, cpu_only=False)
@@ -162,7 +162,7 @@ def test_auto_workers_share_the_cores_on_the_cpu_and_stay_one_on_a_gpu():
 def test_cvkit_serve_starts_the_auto_workers(model_folder, launch):
     """Without --workers the server starts one process per core (up to the cap) and serves."""
     server = launch([model_folder / "ssd.onnx"], "--workers", "auto")
-    expected = min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
+    expected = min(len(os.sched_getaffinity(0)), MAX_AUTO_SERVE_WORKERS)
     children = subprocess.run(
         ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True
     ).stdout.split()
