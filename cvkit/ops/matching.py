@@ -8,6 +8,8 @@ batch ``Tensor[B, A, G]`` and equals :func:`greedy_assign` image by image.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -63,9 +65,14 @@ def greedy_assign_batched(iou: Tensor, iou_threshold: float = 0.5) -> Tensor:
     """:func:`greedy_assign` of every image of a batch at once.
 
     Images with fewer ground truths than ``G`` pad their columns with a negative IoU (e.g.
-    -1): padded columns never match. The first step runs ``min(A, G)`` rounds over the whole
-    batch instead of one round per ground truth of each image (one host synchronisation per
-    round, to stop when nothing is left to match).
+    -1): padded columns never match. The first step never looks at more than ``k = min(A, G)``
+    anchors per ground truth: when a ground truth is paired, at most ``k - 1`` anchors have
+    left the matrix, so its anchor is among its ``k`` best (ties to the lower anchor, as in
+    :func:`greedy_assign`). Those candidates are found in one pass over the batch's IoU
+    (``topk``), and the rounds (at most ``k``, one host synchronisation each) work on
+    ``[B, G, k]`` instead of ``[B, A, G]``: for an SSD300 batch of COCO-like images (8,732
+    anchors, 40 ground truths, batch 32) 44 ms instead of 348 ms for the rounds over the whole
+    matrix on 2 CPU cores (``benchmarks/results/train.md``).
 
     Args:
         iou (Tensor[B, A, G]): IoU of every anchor with every (padded) ground-truth box.
@@ -84,20 +91,61 @@ def greedy_assign_batched(iou: Tensor, iou_threshold: float = 0.5) -> Tensor:
         return torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=iou.device)
     best_iou, best_gt = iou.max(dim=2)
     matched = torch.where(best_iou >= iou_threshold, best_gt, BACKGROUND)
-    remaining = iou.clone()
-    flat = remaining.view(batch, -1)
-    images = torch.arange(batch, device=iou.device)
-    for _ in range(min(num_anchors, num_gt)):
-        value, index = flat.max(dim=1)
-        found = value > 0
+    values, anchors = _greedy_candidates(iou)
+    removed = torch.tensor(-math.inf, dtype=values.dtype, device=values.device)
+    for _ in range(anchors.shape[2]):
+        # each ground truth's best remaining anchor (ties: the lower anchor), then each image's
+        # best of those (ties: the lower ground truth). greedy_assign takes tied pairs in
+        # anchor-major order, this in ground-truth-major order: the pairs taken are the same
+        # (the tests compare both on every 0/1 matrix of 3 x 4, 4 x 3 and 2 x 5)
+        head, slot = values.max(dim=2)
+        best, gt = head.max(dim=1)
+        found = best > 0
         if not bool(found.any()):
             break
-        rows, index = images[found], index[found]
-        anchor, gt = index // num_gt, index % num_gt
-        matched[rows, anchor] = gt
-        remaining[rows, anchor, :] = -1
-        remaining[rows, :, gt] = -1
+        anchor = anchors.gather(2, slot[..., None]).squeeze(2).gather(1, gt[:, None]).squeeze(1)
+        images = found.nonzero().squeeze(1)
+        matched[images, anchor[images]] = gt[images]
+        values[images, gt[images], :] = removed
+        values.masked_fill_((anchors == anchor[:, None, None]) & found[:, None, None], removed)
     return matched
+
+
+def _greedy_candidates(iou: Tensor) -> tuple[Tensor, Tensor]:
+    """Every ground truth's ``k = min(A, G)`` best anchors, ties to the lower anchor.
+
+    Args:
+        iou (Tensor[B, A, G]).
+
+    Returns:
+        values (Tensor[B, G, k]): their IoU; anchors (Tensor[B, G, k]) int64: their indices, in
+        ascending order within each ground truth.
+    """
+    num_anchors = iou.shape[1]
+    k = min(num_anchors, iou.shape[2])
+    scores = iou.transpose(1, 2)
+    # one more than needed: the (k+1)-th value tells whether anchors outside the k share the
+    # k-th value. topk keeps an arbitrary few of such tied anchors; greedy_assign would take the
+    # lowest. That matters only where the tied value is positive (nothing else is ever paired):
+    # those ground truths are redone exactly.
+    values, anchors = scores.topk(min(k + 1, num_anchors), dim=2)
+    kth = values[..., k - 1 : k]
+    if values.shape[2] > k:
+        short = (kth[..., 0] > 0) & (values[..., k] == kth[..., 0])
+    else:
+        short = torch.zeros_like(kth[..., 0], dtype=torch.bool)
+    values, anchors = values[..., :k], anchors[..., :k]
+    if bool(short.any()):
+        image, gt = short.nonzero(as_tuple=True)
+        column, edge = scores[image, gt], kth[image, gt]
+        above, at_edge = column > edge, column == edge
+        room = k - above.sum(dim=1, keepdim=True)
+        take = above | (at_edge & (at_edge.cumsum(dim=1, dtype=torch.int32) <= room))
+        exact = take.nonzero()[:, 1].view(-1, k)
+        anchors[image, gt] = exact
+        values[image, gt] = column.gather(1, exact)
+    anchors, order = anchors.sort(dim=2)
+    return values.gather(2, order), anchors
 
 
 def threshold_match(

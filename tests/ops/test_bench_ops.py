@@ -19,4 +19,5 @@ def test_bench_ops_smoke(tmp_path, monkeypatch):
     assert out.read_text() == report
     rows = [line for line in report.splitlines() if line.startswith("| ") and "cpu" in line]
     names = {row.split("|")[1].strip() for row in rows}
-    assert names == {"box_iou", "nms", "batched_nms", "numpy nms (runtime)"} and len(rows) == 6
+    assert names == {"box_iou", "nms", "batched_nms", "numpy nms (runtime)", "greedy matching"}
+    assert len(rows) == 8

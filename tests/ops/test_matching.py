@@ -65,6 +65,39 @@ def test_batched_greedy_assignment_equals_the_per_image_one(make_boxes):
         greedy_assign_batched(worked[0])
 
 
+@pytest.mark.parametrize(
+    ("batch", "num_anchors", "num_gt"), [(6, 5, 9), (8, 40, 7), (4, 300, 30), (3, 1, 4)]
+)
+def test_batched_greedy_assignment_breaks_ties_as_the_per_image_one(batch, num_anchors, num_gt):
+    """IoU values from a handful of levels: every column has long runs of equal values, also at
+    the k-th best anchor that bounds the candidates (k = min(A, G)), and padded columns."""
+    generator = torch.Generator().manual_seed(num_anchors)
+    levels = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    for _ in range(5):
+        pick = torch.randint(len(levels), (batch, num_anchors, num_gt), generator=generator)
+        iou = levels[pick]
+        counts = torch.randint(num_gt + 1, (batch,), generator=generator).tolist()
+        for row, count in enumerate(counts):
+            iou[row, :, count:] = -1.0
+        expected = torch.stack(
+            [greedy_assign(iou[row, :, :count], 0.5) for row, count in enumerate(counts)]
+        )
+        assert torch.equal(greedy_assign_batched(iou, 0.5), expected)
+
+
+@pytest.mark.parametrize(("num_anchors", "num_gt"), [(3, 4), (4, 3), (2, 5)])
+def test_batched_greedy_assignment_equals_the_per_image_one_on_every_binary_matrix(
+    num_anchors, num_gt
+):
+    """All 0/1 IoU matrices of a size: ties everywhere, in every pattern (the batched rounds
+    take tied pairs ground truth first, greedy_assign anchor first)."""
+    cells = num_anchors * num_gt
+    bits = (torch.arange(2**cells)[:, None] >> torch.arange(cells)) & 1
+    iou = bits.view(-1, num_anchors, num_gt).float()
+    expected = torch.stack([greedy_assign(matrix, 0.5) for matrix in iou])
+    assert torch.equal(greedy_assign_batched(iou, 0.5), expected)
+
+
 @pytest.mark.parametrize("low_quality", [False, True])
 def test_threshold_match_equals_torchvision_matcher(make_boxes, low_quality):
     anchors, gt = make_boxes(400, seed=1, extent=300), make_boxes(12, seed=2, extent=300)
