@@ -24,10 +24,9 @@ the CPU or an unknown GPU). Writes ``benchmarks/results/gpu_train.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,18 +144,6 @@ def set_up(config: Config, build: Callable, num_classes: int, device: torch.devi
     }
 
 
-@contextlib.contextmanager
-def default_device_state(device: torch.device) -> Iterator[None]:
-    """Tensor-core float32 matmuls off (torchvision's default: fp32 means fp32) for the run."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-
-
 def measure(name: str, args, device: torch.device) -> list[str]:
     """Markdown rows of one model pair: images/s, FLOPs per image, TFLOP/s and MFU."""
     path, load, build = MODELS[name]
@@ -207,10 +194,9 @@ def main(argv: list[str] | None = None) -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     started = datetime.now(UTC)
     rows = []
-    with default_device_state(device):
-        for name in args.models:
-            rows += measure(name, args, device)
-            print("\n".join(rows[-4:]), flush=True)
+    for name in args.models:
+        rows += measure(name, args, device)
+        print("\n".join(rows[-4:]), flush=True)
     peak = peak_tflops(device)
     lines = [
         "# Training on a GPU: images/s and MFU, cvkit vs torchvision",
@@ -218,8 +204,9 @@ def main(argv: list[str] | None = None) -> str:
         f"Written by `benchmarks/bench_gpu_train.py`, {started:%Y-%m-%d %H:%M}–"
         f"{datetime.now(UTC):%H:%M} UTC on {where} ({device.type}), torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}. Batch {args.batch}, median of {args.rounds} "
-        f"alternating rounds of {args.steps} steps, host-to-device copies included; float32 "
-        "matmuls and convolutions without TF32.",
+        f"alternating rounds of {args.steps} steps, host-to-device copies included; PyTorch's "
+        f"TF32 defaults (float32 matmuls: {torch.backends.cuda.matmul.allow_tf32}, cuDNN "
+        f"convolutions: {torch.backends.cudnn.allow_tf32}).",
         "",
         "MFU: FLOPs of a training step's convolutions and matrix products (forward + backward, "
         "`torch.utils.flop_counter`) × steps/s"
