@@ -269,20 +269,25 @@ def train_and_score(config: Config, model: nn.Module, task, train_set, val_set) 
 
 
 def training_table(
-    rates: dict[str, float], conv_share: dict[str, float], batch: int, scores: dict[str, dict]
+    rates: dict[str, float],
+    scores: dict[str, dict],
+    conv_share: dict[str, float] | None = None,
+    batch: int = 0,
 ) -> list[str]:
-    """Markdown rows: images/s of each timed model, its step time and the share of it spent in
-    convolutions, and mAP@[.5:.95], mAP@.5 and wall time of those trained."""
+    """Markdown rows: images/s of each timed model (with ``conv_share``: its step time for
+    ``batch`` images and the share of it spent in convolutions), and mAP@[.5:.95], mAP@.5 and
+    wall time of those trained."""
+    step_columns = conv_share is not None
+    extra = " ms per step | in convolutions |" if step_columns else ""
     lines = [
-        "| model | train images/s | ms per step | in convolutions | mAP@[.5:.95] | mAP@.5 "
-        "| budget wall time |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | train images/s |{extra} mAP@[.5:.95] | mAP@.5 | budget wall time |",
+        "|---|---|---|---|---|" + ("---|---|" if step_columns else ""),
     ]
     for name, rate in rates.items():
         s = scores.get(name)
         trained = f"{s['mAP']:.4f} | {s['mAP50']:.4f} | {s['time_s']:.0f} s" if s else "— | — | —"
-        step = 1000 * batch / rate
-        lines.append(f"| {name} | {rate:.1f} | {step:.1f} | {conv_share[name]:.0%} | {trained} |")
+        step = f" {1000 * batch / rate:.1f} | {conv_share[name]:.0%} |" if step_columns else ""
+        lines.append(f"| {name} | {rate:.1f} |{step} {trained} |")
     return lines
 
 
@@ -348,7 +353,7 @@ def main() -> None:
         f"Accuracy: each trained by cvkit's Trainer for {args.epochs} epochs (same seed, "
         f"loader, AdamW lr {cfg.train.lr}, {cfg.train.scheduler} schedule), COCO mAP on val.",
         "",
-        *training_table(rates, conv_share, batch, scores),
+        *training_table(rates, scores, conv_share, batch),
     ]
     lines += [
         "",
