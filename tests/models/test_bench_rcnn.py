@@ -95,3 +95,13 @@ def test_bench_pair_gives_torchvisions_losses_with_the_same_seed(bench):
     }
     for mine, reference in names.items():
         torch.testing.assert_close(got[mine], want[reference], atol=1e-5, rtol=1e-4)
+
+
+def test_bench_training_table_takes_the_rcnn_call(bench):
+    """bench_rcnn renders bench_train's table with rates and scores only."""
+    rates = {"cvkit": 12.0, "torchvision": 10.0}
+    scores = {"cvkit": {"mAP": 0.25, "mAP50": 0.5, "time_s": 30.0}}
+    header, rule, ours, theirs = bench.training_table(rates, scores)
+    assert header.count("|") == rule.count("|") == ours.count("|") == theirs.count("|") == 6
+    assert ours == "| cvkit | 12.0 | 0.2500 | 0.5000 | 30 s |"
+    assert theirs == "| torchvision | 10.0 | — | — | — |"
