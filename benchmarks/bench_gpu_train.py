@@ -24,7 +24,6 @@ the CPU or an unknown GPU). Writes ``benchmarks/results/gpu_train.md``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,19 +111,18 @@ def images_per_second(
     runs: dict[str, Run], task, batches: list, device: torch.device, rounds: int
 ) -> dict[str, float]:
     """Median images/s of each run over ``rounds`` alternating rounds (after one warm-up)."""
-    rates: dict[str, list[float]] = {name: [] for name in runs}
     images = sum(len(batch[0]) for batch in batches)
-    for index in range(rounds + 1):
-        for name, run in runs.items():
-            run.model.train()
-            synchronize(device)
-            start = time.perf_counter()
-            for batch in batches:
-                training_step(run, task, batch, device)
-            synchronize(device)
-            if index:
-                rates[name].append(images / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
+
+    def rate(run: Run) -> float:
+        run.model.train()
+        synchronize(device)
+        start = time.perf_counter()
+        for batch in batches:
+            training_step(run, task, batch, device)
+        synchronize(device)
+        return images / (time.perf_counter() - start)
+
+    return bench_train.median_of_rounds(runs, rounds, rate, warmup=True)
 
 
 def set_up(config: Config, build: Callable, num_classes: int, device: torch.device):

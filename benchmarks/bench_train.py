@@ -28,9 +28,10 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torchvision
@@ -164,22 +165,22 @@ def training_step(
 
 
 Runs = dict[str, tuple[nn.Module, torch.optim.Optimizer]]
+Run = TypeVar("Run")
 
 
 def median_of_rounds(
-    runs: Runs,
+    runs: Mapping[str, Run],
     rounds: int,
-    measure: Callable[[nn.Module, torch.optim.Optimizer], float],
+    measure: Callable[[Run], float],
     warmup: bool = False,
 ) -> dict[str, float]:
-    """The median of ``measure(model, optimizer)`` over ``rounds`` rounds in which the runs take
-    turns, so load from other processes hits them alike; ``warmup`` adds an unrecorded first
-    round (allocators and caches)."""
+    """The median of ``measure(run)`` over ``rounds`` rounds in which the runs take turns, so
+    load from other processes hits them alike; ``warmup`` adds an unrecorded first round
+    (allocators and caches)."""
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for index in range(rounds + int(warmup)):
-        for name, (model, optimizer) in runs.items():
-            model.train()
-            value = measure(model, optimizer)
+        for name, run in runs.items():
+            value = measure(run)
             if index >= int(warmup):
                 samples[name].append(value)
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -191,7 +192,9 @@ def convolution_share(runs: Runs, batches: list, rounds: int, steps: int) -> dic
     wall time), median of ``rounds`` rounds of ``steps`` steps. The profiler's own per-op cost
     lengthens the steps a little, so the share is a slight underestimate."""
 
-    def share(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    def share(run: tuple[nn.Module, torch.optim.Optimizer]) -> float:
+        model, optimizer = run
+        model.train()
         with profile(activities=[ProfilerActivity.CPU]) as trace:
             start = time.perf_counter()
             for images, targets in batches[:steps]:
@@ -207,7 +210,9 @@ def throughput(runs: Runs, batches: list, rounds: int, steps: int) -> dict[str, 
     """Median training images/s of each ``(model, optimizer)`` over ``rounds`` rounds of
     ``steps`` steps, after a warm-up round."""
 
-    def rate(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    def rate(run: tuple[nn.Module, torch.optim.Optimizer]) -> float:
+        model, optimizer = run
+        model.train()
         start = time.perf_counter()
         for images, targets in batches[:steps]:
             training_step(model, optimizer, images, targets)

@@ -75,9 +75,10 @@ def fitted_size(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
-def box_scale(height: int, width: int, size: int) -> np.ndarray:
-    """``float32 [4]``: what :func:`fit_longest_side` multiplies ``(x1, y1, x2, y2)`` by."""
-    new_w, new_h = fitted_size(height, width, size)
+def box_scale(image: np.ndarray, resized: np.ndarray) -> np.ndarray:
+    """``float32 [4]``: what ``(x1, y1, x2, y2)`` boxes of ``image`` are multiplied by to lie on
+    ``resized`` (both ``[H, W, ...]``)."""
+    (height, width), (new_h, new_w) = image.shape[:2], resized.shape[:2]
     return np.array([new_w / width, new_h / height] * 2, np.float32)
 
 
@@ -97,7 +98,6 @@ def fit_longest_side(item: LabeledImage, size: int) -> LabeledImage:
     image = resize_longest_side(item.image, size)
     if image is item.image:
         return item
-    height, width = item.image.shape[:2]
     new_h, new_w = image.shape[:2]
     masks = item.masks
     if masks is not None:
@@ -106,7 +106,7 @@ def fit_longest_side(item: LabeledImage, size: int) -> LabeledImage:
             masks = np.stack(
                 [cv2.resize(m, (new_w, new_h), interpolation=cv2.INTER_NEAREST) for m in item.masks]
             )
-    return LabeledImage(image, item.boxes * box_scale(height, width, size), item.labels, masks)
+    return LabeledImage(image, item.boxes * box_scale(item.image, image), item.labels, masks)
 
 
 def mosaic(
@@ -340,7 +340,7 @@ class MosaicDataset(Dataset):
         for index in range(len(samples)):
             image = dataset.load_image(index)
             images.append(resize_longest_side(image, self.size))
-            scales.append(box_scale(*image.shape[:2], self.size))
+            scales.append(box_scale(image, images[-1]))
         return ImageCache.of_images(images), np.stack(scales)
 
     def _tile(self, index: int) -> LabeledImage:

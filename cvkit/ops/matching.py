@@ -130,12 +130,10 @@ def _greedy_candidates(iou: Tensor) -> tuple[Tensor, Tensor]:
     # those ground truths are redone exactly.
     values, anchors = scores.topk(min(k + 1, num_anchors), dim=2)
     kth = values[..., k - 1 : k]
-    if values.shape[2] > k:
-        short = (kth[..., 0] > 0) & (values[..., k] == kth[..., 0])
-    else:
-        short = torch.zeros_like(kth[..., 0], dtype=torch.bool)
+    # with k = A every anchor is a candidate: nothing lies outside to be tied with
+    short = (kth[..., 0] > 0) & (values[..., -1] == kth[..., 0]) if values.shape[2] > k else None
     values, anchors = values[..., :k], anchors[..., :k]
-    if bool(short.any()):
+    if short is not None and bool(short.any()):
         image, gt = short.nonzero(as_tuple=True)
         column, edge = scores[image, gt], kth[image, gt]
         above, at_edge = column > edge, column == edge
