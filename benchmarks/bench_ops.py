@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from machine import cpu_model
 
 import cvkit.ops as cvops
 from cvkit.ops.matching import greedy_assign_batched
@@ -226,7 +227,7 @@ def render(
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/bench_ops.py`: "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy "
-        f"{np.__version__}, {platform.processor() or platform.machine()} with "
+        f"{np.__version__}, {cpu_model()} ({platform.machine()}) with "
         f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads; 1-minute load "
         f"average {load_before:.1f} before and {_load():.1f} after (other processes share "
         "the CPU).",

@@ -8,6 +8,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ops.py"
 
 
 def test_bench_ops_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the benchmarks' own helpers (machine)
     spec = importlib.util.spec_from_file_location("bench_ops", BENCH)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_ops", bench)  # dataclasses look their module up
