@@ -9,9 +9,10 @@ its own transform set to identity normalization at the same fixed size).
 
 1. Throughput: training steps (forward, loss, backward, AdamW step) on the same pre-loaded
    batches, the two models alternating round by round so load from other processes hits both
-   alike; the median round gives images/s. A profiled pass then measures how much of each
-   step the convolution kernels take: with the body shared, cvkit's convolutions bound how far
-   its step can get ahead of torchvision's.
+   alike; the median round gives images/s. Each step's convolutions are then replayed on their
+   own (same inputs, gradients and layout, forward and backward) to time how much of the step
+   they take: with the body shared, cvkit's convolutions bound how far its step can get ahead
+   of torchvision's.
 2. Accuracy after a fixed budget: each model is trained by cvkit's Trainer for ``--epochs``
    epochs with the same loader seed, optimizer and schedule, then scored with COCO mAP on the
    synthetic val split.
@@ -37,7 +38,6 @@ import torch
 import torchvision
 from machine import cpu_model, uptime, vector_isa
 from torch import Tensor, nn
-from torch.profiler import ProfilerActivity, profile
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 from torchvision.models.detection.ssd import SSDHead as TorchvisionSSDHead
@@ -55,15 +55,6 @@ from cvkit.structures import Instances, Target
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 TUNED = "torchvision + cvkit's layout and optimizer"
-# the convolution kernels themselves; ``aten::convolution`` / ``aten::_convolution`` only
-# dispatch to them
-CONV_KERNELS = (
-    "aten::mkldnn_convolution",
-    "aten::convolution_backward",
-    "aten::_slow_conv2d_forward",
-    "aten::_slow_conv2d_backward",
-    "aten::thnn_conv2d",
-)
 MAKE_TRAIN_HEADING = "## Default config: `make train`"
 
 
@@ -186,24 +177,67 @@ def median_of_rounds(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def convolution_share(runs: Runs, batches: list, rounds: int, steps: int) -> dict[str, float]:
-    """The fraction of each run's training step spent inside convolution kernels (forward and
-    backward, :data:`CONV_KERNELS`, self time from ``torch.profiler`` over the profiled steps'
-    wall time), median of ``rounds`` rounds of ``steps`` steps. The profiler's own per-op cost
-    lengthens the steps a little, so the share is a slight underestimate."""
+ConvCall = tuple[nn.Conv2d, Tensor, Tensor | None]
 
-    def share(run: tuple[nn.Module, torch.optim.Optimizer]) -> float:
-        model, optimizer = run
+
+def convolution_calls(model: nn.Module, images: Tensor, targets: list[Target]) -> list[ConvCall]:
+    """Every ``nn.Conv2d`` call of one training forward + backward of ``model``: the module, its
+    input and the gradient its output received, both with the strides they had in the step
+    (the layout decides which kernels run). The input is a detached leaf that requires grad
+    where the step's did; the gradient is None for an output nothing flowed back to. The step's
+    parameter gradients are dropped afterwards."""
+    calls: list[list] = []
+
+    def record(module: nn.Module, args: tuple, output: Tensor) -> None:
+        call = [module, args[0].detach().requires_grad_(args[0].requires_grad), None]
+        calls.append(call)
+        if output.requires_grad:
+            output.register_hook(lambda grad: call.__setitem__(2, grad))
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(record) for m in convs]
+    try:
         model.train()
-        with profile(activities=[ProfilerActivity.CPU]) as trace:
-            start = time.perf_counter()
-            for images, targets in batches[:steps]:
-                training_step(model, optimizer, images, targets)
-            wall_us = (time.perf_counter() - start) * 1e6
-        events = trace.key_averages()
-        return sum(e.self_cpu_time_total for e in events if e.key in CONV_KERNELS) / wall_us
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    model.zero_grad(set_to_none=True)
+    return [(module, inputs, grad) for module, inputs, grad in calls]
 
-    return median_of_rounds(runs, rounds, share)
+
+def replay(calls: list[ConvCall]) -> None:
+    """Run ``calls``' convolutions forward and backward (input, weight and bias gradients where
+    the step computed them) as the step ran them, without accumulating into ``.grad``."""
+    for module, inputs, grad in calls:
+        output = module(inputs)
+        if grad is not None:
+            wanted = [inputs] if inputs.requires_grad else []
+            wanted += [p for p in module.parameters() if p.requires_grad]
+            torch.autograd.grad(output, wanted, grad)
+
+
+def convolution_time(runs: Runs, batch: tuple, rounds: int, steps: int) -> dict[str, float]:
+    """Milliseconds per training step each run spends in its convolutions, forward and backward:
+    the step's ``nn.Conv2d`` calls (:func:`convolution_calls` on ``batch``) replayed ``steps``
+    times on their own, median of ``rounds`` alternating rounds after a warm-up round.
+
+    Timed outside ``torch.profiler`` on purpose: on a 2-core AMD EPYC a profiled step of the
+    default SSD took ~2,400 minor page faults (``getrusage``) against none unprofiled, and ran
+    at 83-85 ms against 58-70 ms, so profiled kernel times held the first touch of memory that
+    an unprofiled step reuses. The replay's own autograd calls are counted in, so the time is a
+    slight overestimate."""
+    images, targets = batch
+    calls = {name: convolution_calls(model, images, targets) for name, (model, _) in runs.items()}
+
+    def milliseconds(step_calls: list[ConvCall]) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            replay(step_calls)
+        return (time.perf_counter() - start) * 1000 / steps
+
+    return median_of_rounds(calls, rounds, milliseconds, warmup=True)
 
 
 def throughput(runs: Runs, batches: list, rounds: int, steps: int) -> dict[str, float]:
@@ -318,7 +352,9 @@ def main() -> None:
 
     runs = training_runs(config, build_pair, num_classes)
     rates = throughput(runs, batches, args.rounds, args.steps)
-    conv_share = convolution_share(runs, batches, args.rounds, args.steps)
+    conv_ms = convolution_time(runs, batches[0], args.rounds, args.steps)
+    batch = config.data.batch_size
+    conv_share = {name: conv_ms[name] * rates[name] / (1000 * batch) for name in runs}
     scores = {}
     for name in ("cvkit", "torchvision"):
         fresh_ours, fresh_theirs = build_pair(config, num_classes)
@@ -328,7 +364,6 @@ def main() -> None:
 
     ratio = rates["cvkit"] / rates["torchvision"]
     same_settings = rates["cvkit"] / rates[TUNED]
-    batch = config.data.batch_size
     # a cvkit step can take no less than its convolutions: the highest ratio this body allows
     ceiling = ratio / conv_share["cvkit"]
     meets = ratio >= 2.0 and scores["cvkit"]["mAP50"] >= scores["torchvision"]["mAP50"]
@@ -366,10 +401,14 @@ def main() -> None:
         f"mAP): {'met' if meets else 'NOT met'} in this run; {same_settings:.2f}x against "
         "torchvision's model trained with cvkit's layout and optimizer (the model code alone).",
         "",
-        f"Ceiling: convolution kernels (forward and backward, `torch.profiler` self time, "
-        f"median of {args.rounds} alternating profiled rounds of {args.steps} steps) take "
-        f"{conv_share['cvkit']:.0%} of cvkit's step; a step that spent nothing else would run "
-        f"{rates['cvkit'] / conv_share['cvkit']:.0f} images/s, **{ceiling:.2f}x** "
+        f"Ceiling: cvkit's convolutions (each `nn.Conv2d` call of a step replayed on its own "
+        "with the step's inputs, output gradients and memory layout, forward and backward; "
+        f"median of {args.rounds} alternating rounds of {args.steps} replays, outside "
+        f"`torch.profiler`) take {conv_ms['cvkit']:.1f} ms, {conv_share['cvkit']:.0%} of its "
+        f"{1000 * batch / rates['cvkit']:.1f} ms step (torchvision's: "
+        f"{conv_ms['torchvision']:.1f} ms of {1000 * batch / rates['torchvision']:.1f} ms). "
+        "A step that spent nothing else would run "
+        f"{1000 * batch / conv_ms['cvkit']:.0f} images/s, **{ceiling:.2f}x** "
         "torchvision's: the most any code around these shared convolutions can reach on this "
         "CPU in fp32.",
         "",
