@@ -5,8 +5,9 @@ Routes (errors are ``{"error": "..."}`` with the status named):
 - ``GET /``: the web page (pick a model, drop an image, see the drawing and the JSON);
 - ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``: server metadata and health;
 - ``GET /v2/models/{name}`` (metadata), ``/v2/models/{name}/ready``, ``POST
-  /v2/models/{name}/infer``: the V2 protocol on the graph's own tensors (400 naming the input
-  for a wrong name, datatype or shape);
+  /v2/models/{name}/infer``, each also under ``/v2/models/{name}/versions/1``: the V2 protocol
+  on the graph's own tensors, as JSON or with the binary tensor data extension (400 naming the
+  input for a wrong name, datatype or shape);
 - ``GET /v1/models``, ``/v1/models/{name}``: the served models and their cvkit metadata;
 - ``POST /v1/models/{name}/predict``: a JPEG/PNG as the raw body or a multipart ``file``;
   returns the typed result's JSON (boxes in original pixels, labels, names, scores; masks as
@@ -26,6 +27,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -42,8 +44,10 @@ from cvkit.serve.encoding import MASK_FORMATS, FastJSONResponse, result_json
 from cvkit.serve.metrics import ServeMetrics
 from cvkit.serve.models import ServedModel
 from cvkit.serve.settings import ServeSettings, model_files
-from cvkit.serve.uploads import BodyLimit, decode_image
+from cvkit.serve.uploads import BodyLimit, BodyTooLarge, decode_image
 from cvkit.serve.v2 import (
+    BINARY_EXTENSION,
+    HEADER_LENGTH,
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,
@@ -52,14 +56,27 @@ from cvkit.serve.v2 import (
     ReadyResponse,
     ServerMetadataResponse,
     V2Error,
+    decompressed,
     model_metadata,
+    parse_request,
     request_tensor,
+    requested_outputs,
     response_outputs,
 )
 
 logger = get_logger("serve")
 
 PREDICT_PATH = "/v1/models/{name}/predict"
+MODEL_VERSIONS = ["1"]
+# the infer routes read their body themselves (see run_inference); this documents it
+INFER_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
+        },
+    }
+}
 # bodies up to this size are decoded on the event loop (a 12 KB, 160-px JPEG took 0.23 ms on
 # 2 AVX2-only EPYC cores); larger ones in a thread, so a big photo never holds the loop
 INLINE_DECODE_BYTES = 64 * 1024
@@ -235,7 +252,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/v2", response_model=ServerMetadataResponse)
     async def server_metadata() -> ServerMetadataResponse:
-        return ServerMetadataResponse(name="cvkit", version=__version__, extensions=[])
+        return ServerMetadataResponse(
+            name="cvkit", version=__version__, extensions=[BINARY_EXTENSION]
+        )
 
     @app.get("/v2/health/live", response_model=LiveResponse)
     async def live() -> LiveResponse:
@@ -245,35 +264,88 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def ready() -> ReadyResponse:
         return ReadyResponse(ready=True)
 
+    def versioned(name: str, version: str) -> ServedModel:
+        model = served(name)
+        if version not in MODEL_VERSIONS:
+            raise ServeHTTPError(
+                404, f"model {name!r} has no version {version!r}; versions: {MODEL_VERSIONS}"
+            )
+        return model
+
     @app.get("/v2/models/{name}", response_model=ModelMetadataResponse, responses=_errors(404))
     async def v2_model_metadata(name: str) -> ModelMetadataResponse:
         return model_metadata(name, served(name).model)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}",
+        response_model=ModelMetadataResponse,
+        responses=_errors(404),
+    )
+    async def v2_version_metadata(name: str, version: str) -> ModelMetadataResponse:
+        return model_metadata(name, versioned(name, version).model)
 
     @app.get("/v2/models/{name}/ready", response_model=ReadyResponse, responses=_errors(404))
     async def model_ready(name: str) -> ReadyResponse:
         served(name)
         return ReadyResponse(ready=True)
 
+    @app.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        response_model=ReadyResponse,
+        responses=_errors(404),
+    )
+    async def version_ready(name: str, version: str) -> ReadyResponse:
+        versioned(name, version)
+        return ReadyResponse(ready=True)
+
+    async def run_inference(name: str, model: ServedModel, request: Request) -> Response:
+        # the body is read here, whatever its content type: Triton's clients send none, and a
+        # body with binary tensors is JSON followed by raw bytes
+        body = await request.body()
+        try:
+            body = decompressed(
+                body, request.headers.get("content-encoding"), settings.max_upload_bytes
+            )
+            inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+            tensor = request_tensor(inference, model.model, model.max_batch, binary)
+            wanted = requested_outputs(inference, model.model.output_names)
+        except BodyTooLarge:
+            raise ServeHTTPError(
+                413, f"request body larger than the limit of {settings.max_upload_bytes} bytes"
+            ) from None
+        except V2Error as exc:
+            raise ServeHTTPError(400, str(exc)) from None
+        outputs = await answer(model.tensors.submit(tensor, rows=len(tensor)), f"model {name!r}")
+        described, blobs = response_outputs(outputs, wanted)
+        answered = InferenceResponse(
+            model_name=name, model_version=MODEL_VERSIONS[0], id=inference.id, outputs=described
+        )
+        header = orjson.dumps(answered.model_dump(mode="json", exclude_none=True))
+        if not blobs:
+            return Response(header, media_type="application/json")
+        return Response(
+            b"".join([header, *blobs]),
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(len(header))},
+        )
+
     @app.post(
         "/v2/models/{name}/infer",
         response_model=InferenceResponse,
         responses=_errors(400, 404, 413, 504),
+        openapi_extra=INFER_REQUEST_BODY,
     )
-    async def infer(name: str, request: InferenceRequest) -> JSONResponse:
-        model = served(name)
-        try:
-            tensor = request_tensor(request, model.model, model.max_batch)
-        except V2Error as exc:
-            raise ServeHTTPError(400, str(exc)) from None
-        outputs = await answer(model.tensors.submit(tensor, rows=len(tensor)), f"model {name!r}")
-        try:
-            described = response_outputs(outputs, request)
-        except V2Error as exc:
-            raise ServeHTTPError(400, str(exc)) from None
-        body = InferenceResponse(
-            model_name=name, model_version="1", id=request.id, outputs=described
-        )
-        return FastJSONResponse(body.model_dump(mode="json", exclude_none=True))
+    async def infer(name: str, request: Request) -> Response:
+        return await run_inference(name, served(name), request)
+
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        response_model=InferenceResponse,
+        responses=_errors(400, 404, 413, 504),
+        openapi_extra=INFER_REQUEST_BODY,
+    )
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        return await run_inference(name, versioned(name, version), request)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, list[dict[str, Any]]]:
@@ -327,8 +399,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            # FastAPI's own schema (cached on the app) plus the plain route's operation
-            generate_openapi()["paths"][PREDICT_PATH] = {"post": PREDICT_OPERATION}
+            # FastAPI's own schema (cached on the app) plus the plain route's operation and the
+            # body the infer routes parse themselves
+            schema = generate_openapi()
+            schema["paths"][PREDICT_PATH] = {"post": PREDICT_OPERATION}
+            request = InferenceRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema["components"]["schemas"]
+            components.update(request.pop("$defs"))
+            components["InferenceRequest"] = request
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,10 +6,10 @@ runs one ``session.run`` at a time): decoded images for the image endpoint, batc
 ``predictor.predict`` (pre-processing, the graph and post-processing of the whole batch), and
 V2 tensors ``[B, 3, H, W]``, concatenated into one ``session.run``. An image batch waits (up
 to ``--max-delay-ms``) only while more images for the model are being received or decoded; a
-V2 batch waits the delay as Triton's does (its body is parsed before the handler runs, so
-there is nothing to watch). A model whose graph has a fixed batch size (the batch axis of its
-input is a number) is not batched: each request runs alone (images padded to the graph's
-batch by the predictor).
+V2 batch waits the delay as Triton's does (its body is read and parsed before it joins the
+queue, so there is nothing to watch). A model whose graph has a fixed batch size (the batch
+axis of its input is a number) is not batched: each request runs alone (images padded to the
+graph's batch by the predictor).
 """
 
 from __future__ import annotations
