@@ -12,6 +12,7 @@ COCO category id ``category_ids[i]``). Arrays are numpy: readers and writers nee
 from __future__ import annotations
 
 import shutil
+import struct
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,10 @@ from cvkit.images import read_image
 # COCO-style instance segmentation: a list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE dict.
 Segmentation = list[list[float]] | dict[str, Any]
 IGNORE_INDEX = 255
+# EXIF orientations (transpose, rotate 90° clockwise, transverse, rotate 90° counterclockwise)
+# whose upright image has the stored width and height swapped.
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+_ORIENTATION_TAG, _WIDTH_TAG, _LENGTH_TAG = 0x0112, 0x0100, 0x0101
 
 
 @dataclass
@@ -255,7 +260,13 @@ def save_images(records: Records, images_dir: Path) -> None:
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header (the pixels are not decoded).
+    """``(height, width)`` of the image :func:`~cvkit.images.read_image` gives for a file, from
+    the file's header (the pixels are not decoded).
+
+    The decoder turns a photo upright by its EXIF orientation, so an orientation of 5 to 8
+    (taken sideways) swaps the stored width and height here too. The orientation is read where
+    OpenCV reads it: the EXIF block of a JPEG, WebP or PNG (``eXIf`` before the pixel data) and
+    the TIFF tag; an XMP orientation is ignored, as OpenCV ignores it.
 
     Raises:
         DatasetError: the file is missing or not an image.
@@ -264,12 +275,34 @@ def read_image_size(path: Path) -> tuple[int, int]:
 
     try:
         with Image.open(path) as image:
-            width, height = image.size
+            width, height, orientation = _stored_size_and_orientation(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file is missing") from None
-    except OSError as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: image file is unreadable ({exc})") from None
-    return height, width
+    return (width, height) if orientation in SIDEWAYS_ORIENTATIONS else (height, width)
+
+
+def _stored_size_and_orientation(image: Any) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` of an opened PIL image as the file stores them."""
+    from PIL import Image
+
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:  # TIFF: recent Pillow reports the size already upright
+        return int(tags[_WIDTH_TAG]), int(tags[_LENGTH_TAG]), int(tags.get(_ORIENTATION_TAG, 1))
+    width, height = image.size
+    raw = image.info.get("exif")
+    if not raw:
+        return width, height, 1
+    exif = Image.Exif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of each tag a corrupt block cuts off
+            exif.load(raw)
+            orientation = exif.get(_ORIENTATION_TAG, 1)
+    except (SyntaxError, ValueError, OSError, struct.error):
+        orientation = 1  # a corrupt EXIF block: OpenCV ignores it too
+    return width, height, orientation if isinstance(orientation, int) else 1
 
 
 def verify_image_data(path: Path) -> None:

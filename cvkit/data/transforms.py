@@ -13,7 +13,8 @@ A :class:`SampleTransform` runs two stages on one image with its boxes, labels a
    ratio so the longer side is ``size``, pad bottom/right with zeros, ``scale = (r, r)``,
    ``offset = (0, 0)``) or ``resize`` (stretch, ``scale = (size / w, size / h)``). It matches
    :mod:`cvkit.runtime.preprocess` exactly (both call :func:`cvkit.geometry.fit`);
-   ``original_xy = (input_xy - offset) / scale``.
+   ``original_xy = (input_xy - offset) / scale``. Boxes are clipped to the image before they
+   are scaled (never into the letterbox padding); those left without area are removed.
 
 Instance masks leave the fit step dense (``uint8 [N, S, S]``) or, with ``compact_masks``, as
 :class:`~cvkit.structures.CroppedMasks` (each mask cropped to its own region, fitted one at a
@@ -255,6 +256,10 @@ class SampleTransform:
             image, boxes, labels, masks, semantic = self._augment(
                 image, boxes, labels, masks, semantic
             )
+        # Clip to the image before fitting: clipped afterwards to the S x S input, a box sticking
+        # out of a letterboxed image would reach into the padding.
+        height, width = image.shape[:2]
+        boxes = boxes.clip(0, np.array([width, height, width, height], np.float32))
         image, geometry = fit(image, (self.size, self.size), self.policy)
         scale = geometry.scale
         if semantic is not None:
@@ -272,7 +277,6 @@ class SampleTransform:
             else:
                 masks = np.zeros((0, self.size, self.size), np.uint8)
         boxes = boxes * np.array([*scale, *scale], np.float32)
-        np.clip(boxes, 0, self.size, out=boxes)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not keep.all():
             boxes, labels = boxes[keep], labels[keep]
