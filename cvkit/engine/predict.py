@@ -21,11 +21,14 @@ import cv2
 import numpy as np
 
 from cvkit.data.visualize import COLOURS, draw_detections
-from cvkit.errors import DatasetError
+from cvkit.errors import DatasetError, ImageError
 from cvkit.images import IMAGE_SUFFIXES, read_image
+from cvkit.logs import get_logger
 from cvkit.runtime.results import Classification, Detections
 
 DEFAULT_SCORE_THRESHOLD = 0.3
+
+logger = get_logger("predict")
 
 
 Detector = Callable[[Sequence[np.ndarray]], list[Detections]]
@@ -232,6 +235,7 @@ class OutputFolder:
         self.out.mkdir(parents=True, exist_ok=True)
         self.classes = list(classes)
         self.records: list[dict[str, Any]] = []
+        self.skipped = 0
         self._names: set[str] = set()
 
     def _unique_stem(self, path: Path) -> str:
@@ -242,6 +246,18 @@ class OutputFolder:
             name += "_"
         self._names.add(name)
         return name
+
+    def skip(self, path: Path, error: ImageError) -> None:
+        """Record an image that could not be read: ``{"image": path, "error": reason}`` in
+        ``predictions.json``, and a warning in the log."""
+        self.skipped += 1
+        self.records.append({"image": str(path), "error": str(error)})
+        logger.warning("skipped an unreadable image: %s", error)
+
+    def summary(self, verb: str) -> str:
+        """``"<n> images <verb>"``, with the count of unreadable ones, for a command's output."""
+        unreadable = f" ({self.skipped} unreadable, named in the JSON)" if self.skipped else ""
+        return f"{len(self.records) - self.skipped} images {verb}{unreadable}"
 
     def finish(self) -> Path:
         """Write ``predictions.json`` (atomically) and return its path."""
@@ -258,7 +274,8 @@ class PredictionWriter(OutputFolder):
     The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
     [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels; with
     masks, each detection adds ``mask`` (RLE, :func:`prediction_record`) and the drawing blends
-    each instance's mask in its own colour.
+    each instance's mask in its own colour. An unreadable image gets ``{"image": path,
+    "error": reason}`` (:meth:`OutputFolder.skip`) and no drawing.
 
     Args:
         out: output folder (created).
@@ -293,14 +310,30 @@ class ResultWriter(OutputFolder):
 
 
 def predict_images(
-    paths: Sequence[Path], model: Callable[[Sequence[np.ndarray]], list[Any]], batch_size: int
+    paths: Sequence[Path],
+    model: Callable[[Sequence[np.ndarray]], list[Any]],
+    batch_size: int,
+    on_error: Callable[[Path, ImageError], None] | None = None,
 ) -> Iterator[tuple[Path, np.ndarray, Any]]:
     """Each of ``paths`` with its RGB image and ``model``'s result for it, reading and
-    predicting ``batch_size`` images at a time."""
+    predicting ``batch_size`` images at a time.
+
+    A file that cannot be read (missing, empty, cut off, not an image) raises its
+    :class:`~cvkit.errors.ImageError`, or, with ``on_error``, is handed to ``on_error(path,
+    error)`` and left out while the others are predicted."""
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        images = [read_image(path) for path in chunk]
-        yield from zip(chunk, images, model(images), strict=True)
+        chunk, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(read_image(path))
+            except ImageError as exc:
+                if on_error is None:
+                    raise
+                on_error(path, exc)
+                continue
+            chunk.append(path)
+        if images:
+            yield from zip(chunk, images, model(images), strict=True)
 
 
 def open_model(
@@ -317,7 +350,7 @@ def open_model(
 def write_results(paths: Sequence[Path], model: Any, writer: Any) -> Path:
     """Predict ``paths`` with ``model`` (a callable with ``batch_size``), ``writer.add`` each
     image's result, and return the written ``predictions.json``."""
-    for path, image, result in predict_images(paths, model, model.batch_size):
+    for path, image, result in predict_images(paths, model, model.batch_size, writer.skip):
         writer.add(path, image, result)
     return writer.finish()
 

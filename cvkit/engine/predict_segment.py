@@ -108,6 +108,7 @@ def predict_segments(paths: Sequence[Path], weights: str | Path, out: str | Path
     Returns the ``predictions.json`` path.
     """
     segmenter = open_model(weights, CheckpointSegmenter, OnnxSegmenter)
-    json_path = write_results(paths, segmenter, MaskWriter(out, segmenter.classes))
-    print(f"{len(paths)} images segmented; overlays, masks and JSON in {json_path.parent}")
+    writer = MaskWriter(out, segmenter.classes)
+    json_path = write_results(paths, segmenter, writer)
+    print(f"{writer.summary('segmented')}; overlays, masks and JSON in {json_path.parent}")
     return json_path

@@ -11,7 +11,8 @@ import torch
 from cvkit.cli import main
 from cvkit.config import config_to_dict, load_config
 from cvkit.engine.checkpoint import save_checkpoint
-from cvkit.engine.predict import CheckpointDetector
+from cvkit.engine.predict import CheckpointDetector, predict_images
+from cvkit.errors import ImageError
 from cvkit.models.build import build_model
 
 torch.set_num_threads(2)
@@ -122,3 +123,37 @@ def test_bad_sources_name_the_path(weights, tmp_path, capsys):
     empty.mkdir()
     assert main(["predict", str(empty), "--weights", str(weights)]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_unreadable_files_in_a_folder_are_named_and_the_rest_predicted(weights, images, tmp_path):
+    """A folder with a cut-off JPEG and a text file named .jpg among good images: the good
+    ones get the same records and drawings as alone, each bad one an error entry naming it."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("tall.png", "wide.png"):
+        (folder / name).write_bytes((images / name).read_bytes())
+    _, encoded = cv2.imencode(".jpg", np.full((60, 80, 3), 200, np.uint8))
+    (folder / "cut.jpg").write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    (folder / "text.jpg").write_text("not an image")
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    common = ["--weights", str(weights), "--score-threshold", "0.0"]
+    assert main(["predict", str(folder), "--out", str(out), *common]) == 0
+    good = [str(folder / "tall.png"), str(folder / "wide.png")]
+    assert main(["predict", *good, "--out", str(alone), *common]) == 0
+
+    records = {r["image"]: r for r in json.loads((out / "predictions.json").read_text())}
+    assert sorted(records) == sorted([*good, str(folder / "cut.jpg"), str(folder / "text.jpg")])
+    for bad in ("cut.jpg", "text.jpg"):
+        record = records[str(folder / bad)]
+        assert set(record) == {"image", "error"} and str(folder / bad) in record["error"]
+    expected = {r["image"]: r for r in json.loads((alone / "predictions.json").read_text())}
+    assert {path: records[path] for path in good} == expected
+    assert sorted(p.name for p in out.glob("*.png")) == ["tall.png", "wide.png"]
+
+
+def test_predict_images_raises_without_an_error_handler(weights, tmp_path):
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not an image")
+    detector = CheckpointDetector(weights, device="cpu")
+    with pytest.raises(ImageError, match=r"text\.jpg"):
+        list(predict_images([bad], detector, batch_size=2))

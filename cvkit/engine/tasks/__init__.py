@@ -264,8 +264,9 @@ class Task:
         from cvkit.engine.predict import ResultWriter, open_model, write_results
 
         model = open_model(weights, cls.checkpoint_predictor)
-        json_path = write_results(paths, model, ResultWriter(out, model.classes))
-        print(f"{len(paths)} images predicted; drawings and JSON in {json_path.parent}")
+        writer = ResultWriter(out, model.classes)
+        json_path = write_results(paths, model, writer)
+        print(f"{writer.summary('predicted')}; drawings and JSON in {json_path.parent}")
         return json_path
 
 

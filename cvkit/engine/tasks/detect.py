@@ -256,12 +256,16 @@ class DetectTask(Task):
         threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold
         writer = PredictionWriter(out, detector.classes)
         total = 0
-        for path, image, prediction in predict_images(paths, detector, detector.batch_size):
+        predicted = predict_images(paths, detector, detector.batch_size, writer.skip)
+        for path, image, prediction in predicted:
             kept = prediction.above(threshold)
             writer.add(path, image, kept)
             total += len(kept.scores)
         json_path = writer.finish()
-        print(f"{total} detections in {len(paths)} images; drawings and JSON in {json_path.parent}")
+        print(
+            f"{total} detections, {writer.summary('predicted')}; drawings and JSON in "
+            f"{json_path.parent}"
+        )
         return json_path
 
 
