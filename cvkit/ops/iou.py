@@ -4,13 +4,19 @@ Pairwise forms take ``boxes1 (Tensor[..., N, 4])`` and ``boxes2 (Tensor[..., M, 
 ``Tensor[..., N, M]``; aligned forms (and the losses) take two ``Tensor[..., 4]`` whose shapes
 broadcast and return ``Tensor[...]`` of the broadcast shape (box ``i`` against box ``i``).
 Boxes are ``(x1, y1, x2, y2)``. Half-precision and integer (not bool) boxes are computed in
-float32 (the results are float, as in torchvision). Two zero-area boxes have IoU 0 / 0 = NaN,
+float32 (the results are float, as in torchvision). This is a deliberate difference: on such
+boxes torchvision's ``box_iou`` and ``generalized_box_iou`` subtract coordinates before
+upcasting, so their values are off by up to a few 1e-3 in float16 and bfloat16, and wrap around
+in uint8; cvkit gives the IoU of the boxes as stored. Two zero-area boxes have IoU 0 / 0 = NaN,
 as in torchvision; the losses add ``eps`` to the union, as torchvision's do, and stay finite.
+The losses also follow torchvision's formulas where they differ from the IoU functions': no
+clamping of the enclosing box or the union, and no gradient through the intersection of boxes
+that only touch.
 
 :func:`box_iou` on the CPU works on row blocks that stay in cache and reuses two scratch
 buffers with in-place ops, which makes it several times faster than the textbook broadcast
 (see ``benchmarks/results/ops.md``) while computing the very same floating-point operations,
-so its results are bit-identical to ``torchvision.ops.box_iou``.
+so on float32 and float64 boxes its results are bit-identical to ``torchvision.ops.box_iou``.
 """
 
 from __future__ import annotations
@@ -147,21 +153,17 @@ def _enclosing_area(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return wh[..., 0] * wh[..., 1]
 
 
-def _giou(boxes1: Tensor, boxes2: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:
-    """GIoU and IoU of broadcast boxes; ``eps`` (the losses') is added to both denominators."""
+def _giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of broadcast boxes."""
     inter, union = _inter_union(boxes1, boxes2)
-    iou = inter / (union + eps)
     enclosing = _enclosing_area(boxes1, boxes2)
-    return iou - (enclosing - union) / (enclosing + eps), iou
+    return inter / union - (enclosing - union) / enclosing
 
 
-def _diou(
-    boxes1: Tensor, boxes2: Tensor, eps: float, union_eps: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """DIoU and IoU of broadcast boxes: ``eps`` is added to the squared enclosing diagonal and
-    ``union_eps`` (the losses') to the union."""
+def _diou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """DIoU and IoU of broadcast boxes; ``eps`` is added to the squared enclosing diagonal."""
     inter, union = _inter_union(boxes1, boxes2)
-    iou = inter / (union + union_eps)
+    iou = inter / union
     enclosing_wh = (
         torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
         - torch.minimum(boxes1[..., :2], boxes2[..., :2])
@@ -171,18 +173,49 @@ def _diou(
     return iou - centre_delta.square().sum(-1) / diagonal_sq, iou
 
 
-def _ciou(
-    boxes1: Tensor, boxes2: Tensor, eps: float, union_eps: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """CIoU and IoU of broadcast boxes; ``eps`` and ``union_eps`` as in :func:`_diou`."""
-    diou, iou = _diou(boxes1, boxes2, eps, union_eps)
+def _aspect_term(boxes1: Tensor, boxes2: Tensor, iou: Tensor, eps: float) -> Tensor:
+    """CIoU's aspect-ratio term ``alpha * v``: ``v = 4 / pi^2 * (atan(w2 / h2) - atan(w1 /
+    h1))^2`` and ``alpha = v / (1 - iou + v + eps)``, with no gradient through ``alpha``."""
     wh1 = boxes1[..., 2:] - boxes1[..., :2]
     wh2 = boxes2[..., 2:] - boxes2[..., :2]
     aspect = torch.atan(wh2[..., 0] / wh2[..., 1]) - torch.atan(wh1[..., 0] / wh1[..., 1])
     v = (4 / math.pi**2) * aspect.square()
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
-    return diou - alpha * v, iou
+    return alpha * v
+
+
+def _ciou(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
+    """CIoU of broadcast boxes; ``eps`` as in :func:`_diou` and in ``alpha``'s denominator."""
+    diou, iou = _diou(boxes1, boxes2, eps)
+    return diou - _aspect_term(boxes1, boxes2, iou, eps)
+
+
+def _loss_terms(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(iou, enclosing_wh, union)`` of aligned boxes as torchvision's IoU losses define them.
+
+    Unlike the IoU functions, the losses clamp nothing: the intersection is the product of the
+    overlap sides where both are positive (no gradient at touching boxes), the union and the
+    enclosing box sides are signed, so inverted boxes give torchvision's finite losses.
+    """
+    sides = torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(
+        boxes1[..., :2], boxes2[..., :2]
+    )
+    product = sides[..., 0] * sides[..., 1]
+    inter = torch.where((sides > 0).all(-1), product, torch.zeros_like(product))
+    union = box_area(boxes1) + box_area(boxes2) - inter
+    enclosing_wh = torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(
+        boxes1[..., :2], boxes2[..., :2]
+    )
+    return inter / (union + eps), enclosing_wh, union
+
+
+def _diou_loss(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``1 - DIoU`` and IoU of aligned boxes, as torchvision's ``distance_box_iou_loss``."""
+    iou, enclosing_wh, _ = _loss_terms(boxes1, boxes2, eps)
+    diagonal_sq = enclosing_wh.square().sum(-1) + eps
+    centre_delta = (boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2
+    return 1 - iou + centre_delta.square().sum(-1) / diagonal_sq, iou
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -195,7 +228,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         Tensor[..., N, M]: GIoU in [-1, 1].
     """
-    return _giou(*_pairs(*_pair_inputs(boxes1, boxes2)))[0]
+    return _giou(*_pairs(*_pair_inputs(boxes1, boxes2)))
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
@@ -223,7 +256,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     Returns:
         Tensor[..., N, M]: CIoU.
     """
-    return _ciou(*_pairs(*_pair_inputs(boxes1, boxes2)), eps)[0]
+    return _ciou(*_pairs(*_pair_inputs(boxes1, boxes2)), eps)
 
 
 def _aligned_inputs(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
@@ -248,7 +281,7 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """GIoU of ``boxes1[i]`` with ``boxes2[i]``: ``Tensor[..., 4]`` × 2 → ``Tensor[...]``."""
-    return _giou(*_aligned_inputs(boxes1, boxes2))[0]
+    return _giou(*_aligned_inputs(boxes1, boxes2))
 
 
 def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
@@ -258,7 +291,7 @@ def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) 
 
 def aligned_complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     """CIoU of ``boxes1[i]`` with ``boxes2[i]``: ``Tensor[..., 4]`` × 2 → ``Tensor[...]``."""
-    return _ciou(*_aligned_inputs(boxes1, boxes2), eps)[0]
+    return _ciou(*_aligned_inputs(boxes1, boxes2), eps)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -268,7 +301,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
         return loss.sum()
     if reduction == "mean":
         return loss.mean() if loss.numel() else loss.sum() * 0.0
-    raise BoxError(f"reduction={reduction!r} is not one of {_REDUCTIONS}")
+    raise BoxError(f"Invalid reduction={reduction!r}: use one of {_REDUCTIONS}")
 
 
 def generalized_box_iou_loss(
@@ -283,12 +316,15 @@ def generalized_box_iou_loss(
         reduction: ``"none"`` (``Tensor[...]``, the broadcast shape), ``"mean"`` or ``"sum"``
             (scalar; the mean of no boxes is 0).
         eps: added to the union and enclosing areas, so degenerate (zero-area) boxes give
-            finite losses and gradients.
+            finite losses and gradients. Inverted boxes (``x2 < x1`` or ``y2 < y1``) give
+            torchvision's (finite) values: their signed areas are used, not clamped.
 
     Float16, bfloat16 and integer boxes are computed in float32.
     """
     boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    return _reduce(1 - _giou(boxes1, boxes2, eps)[0], reduction)
+    iou, enclosing_wh, union = _loss_terms(boxes1, boxes2, eps)
+    enclosing = enclosing_wh[..., 0] * enclosing_wh[..., 1]
+    return _reduce(1 - (iou - (enclosing - union) / (enclosing + eps)), reduction)
 
 
 def distance_box_iou_loss(
@@ -300,7 +336,7 @@ def distance_box_iou_loss(
     squared diagonal of the enclosing box.
     """
     boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    return _reduce(1 - _diou(boxes1, boxes2, eps, union_eps=eps)[0], reduction)
+    return _reduce(_diou_loss(boxes1, boxes2, eps)[0], reduction)
 
 
 def complete_box_iou_loss(
@@ -314,7 +350,8 @@ def complete_box_iou_loss(
     which gives the same losses with the default.)
     """
     boxes1, boxes2 = _aligned_inputs(boxes1, boxes2)
-    return _reduce(1 - _ciou(boxes1, boxes2, eps, union_eps=eps)[0], reduction)
+    loss, iou = _diou_loss(boxes1, boxes2, eps)
+    return _reduce(loss + _aspect_term(boxes1, boxes2, iou, eps), reduction)
 
 
 def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:

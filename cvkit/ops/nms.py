@@ -1,7 +1,8 @@
 """Non-maximum suppression: greedy, class-aware, DIoU, soft, and a fixed-shape export form.
 
 Boxes are ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``; scores ``Tensor[N]``. Every function returns
-kept indices sorted by decreasing score; equal scores keep their input order.
+kept indices sorted by decreasing score; equal scores keep their input order, except in
+:func:`batched_nms` above 1000 boxes, which orders them as torchvision does.
 
 How the CPU path beats a sequential greedy loop. Greedy NMS compares every kept box with every
 later box. Here the boxes are swept along x: a box can only overlap boxes whose left edge lies
@@ -37,6 +38,9 @@ _MAX_SWEEPS = 32
 _BAND_MARGIN = 1e-5
 _SOFT_NMS_MATRIX_SIDE = 4096
 _SCORE_LAYOUTS = ("bnc", "bcn")
+# torchvision.ops.batched_nms runs one NMS per class above this many box elements on the CPU,
+# and orders the kept boxes with an unstable sort of their scores.
+_TORCHVISION_PER_CLASS_NUMEL = 4000
 
 
 def _check_nms_inputs(boxes: Tensor, scores: Tensor) -> None:
@@ -262,7 +266,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     with it is greater than ``iou_threshold``.
 
     Args:
-        boxes (Tensor[N, 4]): floating ``(x1, y1, x2, y2)``.
+        boxes (Tensor[N, 4]): floating ``(x1, y1, x2, y2)``; quantized boxes and scores go to
+            torchvision's quantized kernel.
         scores (Tensor[N]): one score per box.
         iou_threshold: usually in [0, 1]; any float is taken, with torchvision's meaning.
 
@@ -270,6 +275,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64: indices of the kept boxes, by decreasing score (ties: input order);
         identical to ``torchvision.ops.nms``.
     """
+    if isinstance(boxes, Tensor) and boxes.is_quantized:
+        return torchvision.ops.nms(boxes, scores, iou_threshold)
     _check_nms_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -298,11 +305,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: as in :func:`nms`.
 
     Returns:
-        Tensor[K] int64: kept indices by decreasing score, ties in input order. The kept set
-        equals ``torchvision.ops.batched_nms``'s; so does the order unless scores tie across
-        classes (torchvision orders such ties differently for small and large inputs). Boxes
-        with no elements, whatever their shape, give an empty ``Tensor[0]`` int64, as in
-        torchvision.
+        Tensor[K] int64: kept indices by decreasing score, identical to
+        ``torchvision.ops.batched_nms``'s, tie order included: input order up to 1000 boxes,
+        above that (on the CPU) the order of torchvision's unstable sort of the kept scores.
+        Boxes with no elements, whatever their shape, give an empty ``Tensor[0]`` int64, as in
+        torchvision. Deliberate difference: up to 1000 boxes torchvision shifts each class by
+        a multiple of the largest coordinate, so one non-finite box stops all suppression and
+        very large ``idxs`` round the coordinates; cvkit keeps each class's greedy result.
     """
     if not isinstance(boxes, Tensor):
         raise BoxTypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
@@ -312,7 +321,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_idxs(idxs, boxes)
     if _use_torchvision_kernel(boxes, iou_threshold):
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
-    return _greedy_nms(boxes, scores, iou_threshold, groups=idxs)
+    keep = _greedy_nms(boxes, scores, iou_threshold, groups=idxs)
+    if boxes.numel() > _TORCHVISION_PER_CLASS_NUMEL:
+        keep = keep.sort().values
+        keep = keep[scores.detach()[keep].sort(descending=True).indices]
+    return keep
 
 
 def diou_nms(

@@ -170,7 +170,9 @@ def batched_nms(
 ) -> np.ndarray:
     """Class-aware NMS: boxes with different ``idxs [N]`` never suppress each other.
 
-    Returns kept indices ``int64 [K]`` by decreasing score, as ``cvkit.ops.batched_nms``.
+    Returns kept indices ``int64 [K]`` by decreasing score, equal scores in input order: the
+    boxes and order of ``cvkit.ops.batched_nms``, except that above 1000 boxes that one orders
+    equal scores as torchvision's unstable sort does.
     """
     idxs = np.asarray(idxs)
     if idxs.shape != (np.asarray(boxes).shape[0],):

@@ -298,3 +298,114 @@ def test_nms_keywords_and_empty_inputs_match_torchvision():
     _assert_same(cv.nms(**empty), tv.nms(**empty))
     none = torch.zeros(0, dtype=torch.int64)
     _assert_same(cv.batched_nms(idxs=none, **empty), tv.batched_nms(idxs=none, **empty))
+
+
+def _loss_and_grads(loss_fn, boxes1, boxes2):
+    boxes1, boxes2 = boxes1.clone().requires_grad_(), boxes2.clone().requires_grad_()
+    loss = loss_fn(boxes1, boxes2, reduction="none")
+    loss.sum().backward()
+    return loss.detach(), boxes1.grad, boxes2.grad
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iou_losses_on_inverted_and_touching_boxes_match_torchvision_values_and_grads(name, dtype):
+    # Small integer grids give many inverted (x2 < x1), zero-size, touching and equal pairs:
+    # torchvision's losses clamp nothing and give no gradient through a touching intersection.
+    gen = torch.Generator().manual_seed(0)
+    boxes1 = torch.randint(0, 5, (500, 4), generator=gen).to(dtype)
+    boxes2 = torch.randint(0, 5, (500, 4), generator=gen).to(dtype)
+    boxes2[::4] = boxes1[::4]
+    inverted = torch.tensor([[5.0, 5, 3, 3]], dtype=dtype)
+    for first, second in ((boxes1, boxes2), (inverted, inverted), (DEGENERATE.to(dtype),) * 2):
+        got = _loss_and_grads(getattr(cv, name), first, second)
+        want = _loss_and_grads(getattr(tv, name), first, second)
+        for ours, theirs in zip(got, want, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_iou_loss_bad_reduction_message_matches_torchvision(name):
+    for ops in (tv, cv):
+        with pytest.raises(ValueError, match="Invalid"):
+            getattr(ops, name)(FLOAT, FLOAT, reduction="xyz")
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+@pytest.mark.parametrize("qdtype", [torch.quint8, torch.qint8, torch.qint32])
+def test_nms_on_quantized_boxes_matches_torchvision(make_boxes, qdtype):
+    boxes = make_boxes(200, seed=1, extent=100, max_size=60)
+    scores = torch.rand(200, generator=torch.Generator().manual_seed(1)) * 100
+    qboxes = torch.quantize_per_tensor(boxes, scale=1, zero_point=0, dtype=qdtype)
+    qscores = torch.quantize_per_tensor(scores, scale=1, zero_point=0, dtype=qdtype)
+    _assert_same(cv.nms(qboxes, qscores, 0.5), tv.nms(qboxes, qscores, 0.5))
+    mixed = _outcome(tv.nms, qboxes, scores, 0.5)
+    _assert_same(_outcome(cv.nms, qboxes, scores, 0.5), mixed)
+
+
+@pytest.mark.parametrize("n", [1000, 1001, 3000])  # torchvision switches algorithm above 1000
+@pytest.mark.parametrize("scores_kind", ["all-equal", "few-values", "nan", "inf"])
+def test_batched_nms_tie_order_matches_torchvision(make_boxes, n, scores_kind):
+    gen = torch.Generator().manual_seed(n)
+    boxes = make_boxes(n, seed=n, extent=1500, max_size=80)
+    scores = torch.rand(n, generator=gen)
+    if scores_kind == "all-equal":
+        scores = torch.full((n,), 0.5)
+    elif scores_kind == "few-values":
+        scores = (scores * 4).round() / 4
+    elif scores_kind == "nan":
+        scores[::7] = math.nan
+    else:
+        scores[::5], scores[1::5] = math.inf, -math.inf
+    idxs = torch.randint(0, 5, (n,), generator=gen)
+    for threshold in (0.0, 0.5):
+        _assert_same(
+            cv.batched_nms(boxes, scores, idxs, threshold),
+            tv.batched_nms(boxes, scores, idxs, threshold),
+        )
+        _assert_same(
+            cv.batched_nms(boxes.double(), scores.double(), idxs, threshold),
+            tv.batched_nms(boxes.double(), scores.double(), idxs, threshold),
+        )
+
+
+def _per_class_nms(boxes, scores, idxs, iou_threshold):
+    kept = []
+    for c in idxs.unique():
+        members = torch.nonzero(idxs == c).flatten()
+        kept.append(members[tv.nms(boxes[members], scores[members], iou_threshold)])
+    kept = torch.cat(kept)
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+@pytest.mark.parametrize("change", ["nan-box", "inf-box", "huge-idxs"])
+def test_batched_nms_stays_per_class_where_torchvision_offset_trick_loses_boxes(make_boxes, change):
+    # Documented difference: up to 1000 boxes torchvision offsets each class's coordinates, and a
+    # non-finite box (no suppression at all) or huge idxs (rounded coordinates) spoil the result.
+    n = 500
+    gen = torch.Generator().manual_seed(7)
+    boxes = make_boxes(n, seed=7, extent=300, max_size=60)
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 5, (n,), generator=gen)
+    if change == "nan-box":
+        boxes[3, 0] = math.nan
+    elif change == "inf-box":
+        boxes[3, 2] = math.inf
+    else:
+        idxs = idxs * 100_000
+    got = cv.batched_nms(boxes, scores, idxs, 0.5)
+    _assert_same(got, _per_class_nms(boxes, scores, idxs, 0.5))
+    assert not torch.equal(got, tv.batched_nms(boxes, scores, idxs, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.uint8, torch.int8])
+@pytest.mark.parametrize("name", ["box_iou", "generalized_box_iou"])
+def test_low_precision_boxes_give_the_iou_of_the_stored_boxes(name, dtype):
+    # Documented difference: torchvision subtracts these boxes before upcasting (rounding, or
+    # wrapping around in uint8); cvkit's values are those of the same boxes in float32.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 120, 125], [100, 100, 126, 127]])
+    low = boxes.to(dtype)
+    got = getattr(cv, name)(low, low.flip(0))
+    want = getattr(tv, name)(low.float(), low.flip(0).float())
+    assert got.dtype == getattr(tv, name)(low, low.flip(0)).dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

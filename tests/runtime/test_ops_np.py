@@ -52,10 +52,14 @@ def test_nms_and_batched_nms_equal_torch(threshold):
         np.testing.assert_array_equal(
             ops_np.nms(boxes, scores, threshold), cvops.nms(tb, ts, threshold).numpy()
         )
-        np.testing.assert_array_equal(
-            ops_np.batched_nms(boxes, scores, idxs, threshold),
-            cvops.batched_nms(tb, ts, torch.from_numpy(idxs), threshold).numpy(),
-        )
+        ours = ops_np.batched_nms(boxes, scores, idxs, threshold)
+        theirs = cvops.batched_nms(tb, ts, torch.from_numpy(idxs), threshold).numpy()
+        # the same boxes kept in the same score order; above 1000 boxes cvkit.ops orders equal
+        # scores as torchvision's unstable sort does, which numpy cannot reproduce
+        np.testing.assert_array_equal(np.sort(ours), np.sort(theirs))
+        np.testing.assert_array_equal(scores[ours], scores[theirs])
+        if n <= 1000:
+            np.testing.assert_array_equal(ours, theirs)
 
 
 def test_nms_edge_cases():
