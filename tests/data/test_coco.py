@@ -141,3 +141,36 @@ def test_bad_files_name_the_problem(tmp_path, content, message):
         read_coco(path)
     with pytest.raises(DatasetError, match="not found"):
         read_coco(tmp_path / "missing.json")
+
+
+def test_image_without_size_takes_the_upright_size_of_its_file(tmp_path):
+    """A labelling tool's file without width/height: the size comes from the image header,
+    after the EXIF orientation (6: stored 30 wide x 20 high, shown 20 x 30)."""
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (30, 20)).save(tmp_path / "images" / "side.jpg", exif=exif)
+    Image.new("RGB", (50, 40)).save(tmp_path / "images" / "plain.png")
+    data = {
+        "images": [
+            {"id": 1, "file_name": "side.jpg"},
+            {"id": 2, "file_name": "plain.png", "width": None, "height": None},
+            {"id": 3, "file_name": "gone.png"},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}],
+    }
+    path = tmp_path / "no_size.json"
+    path.write_text(json.dumps(data))
+    sizes = [(s.height, s.width) for s in read_coco(path).samples]
+    assert sizes == [(30, 20), (40, 50), (0, 0)]
+
+
+def test_image_entry_without_id_is_named(tmp_path):
+    path = tmp_path / "no_id.json"
+    data = {"images": [{"file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}]}
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"images\[0\] needs 'id' and 'file_name'"):
+        read_coco(path)

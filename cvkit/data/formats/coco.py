@@ -10,13 +10,20 @@ annotations are kept as empty samples.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cvkit.data.records import Records, Sample, decode_segmentation, save_images
+from cvkit.data.records import (
+    Records,
+    Sample,
+    decode_segmentation,
+    read_image_size,
+    save_images,
+)
 from cvkit.errors import DatasetError
 
 
@@ -92,21 +99,21 @@ def read_coco(
     for ann in data["annotations"]:
         by_image.setdefault(int(ann.get("image_id", -1)), []).append(ann)
     samples = []
-    for image in data["images"]:
-        anns = by_image.get(int(image["id"]), [])
+    for position, image in enumerate(data["images"]):
+        image_id, file_name, height, width = _image_entry(image, position, json_path, images_dir)
+        anns = by_image.get(image_id, [])
         xywh = np.array([a.get("bbox", [np.nan] * 4) for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         has_masks = any(a.get("segmentation") for a in anns)
-        file_name = str(image["file_name"])
         semantic = None
         if semantic_dir is not None:
             semantic = Path(semantic_dir) / f"{Path(file_name).stem}.png"
         samples.append(
             Sample(
-                image_id=int(image["id"]),
+                image_id=image_id,
                 file_name=file_name,
-                height=int(image["height"]),
-                width=int(image["width"]),
+                height=height,
+                width=width,
                 path=images_dir / file_name,
                 boxes=boxes,
                 labels=[label_of.get(int(a.get("category_id", -1)), -1) for a in anns],
@@ -117,6 +124,29 @@ def read_coco(
         )
     names = [str(c["name"]) for c in categories]
     return Records(samples, names, category_ids, str(json_path))
+
+
+def _image_entry(
+    image: Any, position: int, json_path: Path, images_dir: Path
+) -> tuple[int, str, int, int]:
+    """``(id, file_name, height, width)`` of one ``images`` entry.
+
+    A missing or zero ``width``/``height`` is read from the file's header; a file that cannot
+    be read leaves them 0 for :mod:`cvkit.data.check` to report the image.
+
+    Raises:
+        DatasetError: the entry is not an object, or lacks ``id`` or ``file_name``.
+    """
+    if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+        raise DatasetError(
+            f"{json_path}: images[{position}] needs 'id' and 'file_name', got {image!r:.200}"
+        )
+    file_name = str(image["file_name"])
+    height, width = int(image.get("height") or 0), int(image.get("width") or 0)
+    if not (height and width):
+        with contextlib.suppress(DatasetError):  # the check reports the missing image
+            height, width = read_image_size(images_dir / file_name)
+    return int(image["id"]), file_name, height, width
 
 
 def coco_dict(records: Records, include_segmentation: bool = True) -> dict[str, Any]:
