@@ -8,6 +8,10 @@ Routes (errors are ``{"error": "..."}`` with the status named):
   /v2/models/{name}/infer``, each also under ``/v2/models/{name}/versions/1``: the V2 protocol
   on the graph's own tensors, as JSON or with the binary tensor data extension (400 naming the
   input for a wrong name, datatype or shape);
+- Triton's extensions (:mod:`cvkit.serve.extensions`): ``GET /v2/models/{name}/config``,
+  ``GET /v2/models[/{name}]/stats`` (both also under ``/versions/1``), ``POST
+  /v2/repository/index``; ``POST /v2/repository/models/{name}/load`` and ``/unload`` answer
+  400 (models load at start);
 - ``GET /v1/models``, ``/v1/models/{name}``: the served models and their cvkit metadata;
 - ``POST /v1/models/{name}/predict``: a JPEG/PNG as the raw body or a multipart ``file``;
   returns the typed result's JSON (boxes in original pixels, labels, names, scores; masks as
@@ -41,6 +45,16 @@ from cvkit.errors import InputError
 from cvkit.logs import get_logger
 from cvkit.runtime.results import Detections
 from cvkit.serve.encoding import MASK_FORMATS, FastJSONResponse, result_json
+from cvkit.serve.extensions import (
+    CONFIG_EXTENSION,
+    STATISTICS_EXTENSION,
+    ModelConfigResponse,
+    RepositoryModel,
+    StatisticsResponse,
+    model_config,
+    model_statistics,
+    repository_index,
+)
 from cvkit.serve.metrics import ServeMetrics
 from cvkit.serve.models import ServedModel
 from cvkit.serve.settings import ServeSettings, model_files
@@ -48,6 +62,7 @@ from cvkit.serve.uploads import BodyLimit, BodyTooLarge, decode_image
 from cvkit.serve.v2 import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
+    MODEL_VERSION,
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,
@@ -67,7 +82,21 @@ from cvkit.serve.v2 import (
 logger = get_logger("serve")
 
 PREDICT_PATH = "/v1/models/{name}/predict"
-MODEL_VERSIONS = ["1"]
+MODEL_VERSIONS = [MODEL_VERSION]
+INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+# the requests Triton's statistics count: inference on the model, by any of its endpoints
+INFERENCE_ENDPOINTS = frozenset({*INFER_PATHS, PREDICT_PATH})
+# optional JSON body, read by the route itself (tritonclient sends an empty one)
+INDEX_REQUEST_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+            }
+        },
+    }
+}
 # the infer routes read their body themselves (see run_inference); this documents it
 INFER_REQUEST_BODY = {
     "requestBody": {
@@ -253,7 +282,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/v2", response_model=ServerMetadataResponse)
     async def server_metadata() -> ServerMetadataResponse:
         return ServerMetadataResponse(
-            name="cvkit", version=__version__, extensions=[BINARY_EXTENSION]
+            name="cvkit",
+            version=__version__,
+            extensions=[BINARY_EXTENSION, CONFIG_EXTENSION, STATISTICS_EXTENSION],
         )
 
     @app.get("/v2/health/live", response_model=LiveResponse)
@@ -271,6 +302,80 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 404, f"model {name!r} has no version {version!r}; versions: {MODEL_VERSIONS}"
             )
         return model
+
+    def statistics(names: list[str]) -> StatisticsResponse:
+        return StatisticsResponse(
+            model_stats=[
+                model_statistics(name, metrics.model_usage(name, INFERENCE_ENDPOINTS))
+                for name in names
+            ]
+        )
+
+    # before GET /v2/models/{name}, which would take "stats" for a model's name
+    @app.get("/v2/models/stats", response_model=StatisticsResponse)
+    async def all_statistics() -> StatisticsResponse:
+        return statistics(list(models))
+
+    def on_model_urls(suffix: str, response_model: type, **options: Any):
+        """Route ``GET /v2/models/{name}{suffix}`` and its ``/versions/{version}`` twin to the
+        decorated ``handler(name, model)`` (404 for an unknown model or version)."""
+
+        def register(handler):
+            async def latest(name: str):
+                return handler(name, served(name))
+
+            async def pinned(name: str, version: str):
+                return handler(name, versioned(name, version))
+
+            for path, endpoint in (("", latest), ("/versions/{version}", pinned)):
+                app.get(
+                    f"/v2/models/{{name}}{path}{suffix}",
+                    response_model=response_model,
+                    responses=_errors(404),
+                    name=f"{handler.__name__}_{endpoint.__name__}",
+                    **options,
+                )(endpoint)
+            return handler
+
+        return register
+
+    @on_model_urls("/stats", StatisticsResponse)
+    def model_stats(name: str, _: ServedModel) -> StatisticsResponse:
+        return statistics([name])
+
+    @on_model_urls("/config", ModelConfigResponse, response_model_exclude_none=True)
+    def model_configuration(name: str, model: ServedModel) -> ModelConfigResponse:
+        # create_app called without serve() holds "auto": then this process is the one copy
+        instances = settings.workers if isinstance(settings.workers, int) else 1
+        return model_config(name, model, settings.max_delay_ms, instances)
+
+    @app.post(
+        "/v2/repository/index",
+        response_model=list[RepositoryModel],
+        responses=_errors(400),
+        openapi_extra=INDEX_REQUEST_BODY,
+    )
+    async def v2_repository_index(request: Request) -> list[RepositoryModel]:
+        try:
+            return repository_index(await request.body(), list(models))
+        except V2Error as exc:
+            raise ServeHTTPError(400, str(exc)) from None
+
+    def not_supported(action: str, name: str) -> ServeHTTPError:
+        return ServeHTTPError(
+            400,
+            f"{action} of model {name!r} is not supported: cvkit serve loads its models at "
+            f"start (served: {sorted(models)}); restart it with the models to serve",
+        )
+
+    @app.post("/v2/repository/models/{name}/load", responses=_errors(400))
+    async def v2_load(name: str) -> None:
+        raise not_supported("load", name)
+
+    @app.post("/v2/repository/models/{name}/unload", responses=_errors(400, 404))
+    async def v2_unload(name: str) -> None:
+        served(name)
+        raise not_supported("unload", name)
 
     @app.get("/v2/models/{name}", response_model=ModelMetadataResponse, responses=_errors(404))
     async def v2_model_metadata(name: str) -> ModelMetadataResponse:
@@ -330,7 +435,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         )
 
     @app.post(
-        "/v2/models/{name}/infer",
+        INFER_PATHS[0],
         response_model=InferenceResponse,
         responses=_errors(400, 404, 413, 504),
         openapi_extra=INFER_REQUEST_BODY,
@@ -339,7 +444,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return await run_inference(name, served(name), request)
 
     @app.post(
-        "/v2/models/{name}/versions/{version}/infer",
+        INFER_PATHS[1],
         response_model=InferenceResponse,
         responses=_errors(400, 404, 413, 504),
         openapi_extra=INFER_REQUEST_BODY,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -57,9 +57,16 @@ _ONNX_TYPES = {
     "tensor(double)": "FP64",
 }
 BINARY_EXTENSION = "binary_tensor_data"
+# a served model has one version
+MODEL_VERSION = "1"
+# Triton's platform name for a graph run by onnxruntime
+PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Content-Encoding → zlib's wbits for it (Triton's clients compress bodies with either)
 _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class V2Error(ValueError):
@@ -167,13 +174,29 @@ def _problems(error: ValidationError) -> str:
     )
 
 
-def model_metadata(name: str, model: OnnxModel) -> ModelMetadataResponse:
-    """The V2 metadata of a loaded model: its graph's inputs and outputs."""
+def parse_json(body: bytes, schema: type[Body]) -> Body:
+    """``body``, JSON, validated as ``schema``.
+
+    Raises:
+        V2Error: text that is not JSON, or JSON that does not fit ``schema`` (each problem
+            named by where it is).
+    """
+    try:
+        return schema.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError as exc:
+        raise V2Error(f"invalid request: the body is not JSON ({exc})") from None
+    except ValidationError as exc:
+        raise V2Error(f"invalid request: {_problems(exc)}") from None
+
+
+def graph_tensors(model: OnnxModel) -> dict[str, list[MetadataTensor]]:
+    """``inputs`` and ``outputs`` of a loaded graph: each tensor's name, V2 datatype and shape
+    (-1 for an axis whose size is not a number)."""
     tensors = {
         "inputs": model.session.get_inputs(),
         "outputs": model.session.get_outputs(),
     }
-    described = {
+    return {
         kind: [
             MetadataTensor(
                 name=node.name,
@@ -184,8 +207,12 @@ def model_metadata(name: str, model: OnnxModel) -> ModelMetadataResponse:
         ]
         for kind, nodes in tensors.items()
     }
+
+
+def model_metadata(name: str, model: OnnxModel) -> ModelMetadataResponse:
+    """The V2 metadata of a loaded model: its graph's inputs and outputs."""
     return ModelMetadataResponse(
-        name=name, versions=["1"], platform="onnxruntime_onnx", **described
+        name=name, versions=[MODEL_VERSION], platform=PLATFORM, **graph_tensors(model)
     )
 
 
@@ -237,12 +264,7 @@ def parse_request(
                 f"the {len(body)}-byte body"
             )
         split = int(digits)
-    try:
-        request = InferenceRequest.model_validate(orjson.loads(body[:split]))
-    except orjson.JSONDecodeError as exc:
-        raise V2Error(f"invalid request: the body is not JSON ({exc})") from None
-    except ValidationError as exc:
-        raise V2Error(f"invalid request: {_problems(exc)}") from None
+    request = parse_json(body[:split], InferenceRequest)
     chunks: list[bytes | None] = []
     offset = split
     for item in request.inputs:
