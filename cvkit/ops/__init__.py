@@ -1,5 +1,9 @@
 """Pure tensor ops every stage builds on: boxes, IoU, NMS, anchors, matching, box coding, RoI.
 
+``RoIAlign``, ``RoIPool`` and ``MultiScaleRoIAlign`` are the RoI functions as settings-only
+``nn.Module`` classes, and ``sigmoid_focal_loss`` is RetinaNet's loss, both under
+torchvision's names and signatures.
+
 Boxes are ``Tensor[N, 4]`` ``(x1, y1, x2, y2)`` in pixels unless a docstring says otherwise.
 All functions run on CPU and CUDA tensors; the CPU kernels are faster than torchvision's and
 give the same results (``benchmarks/results/ops.md``).
@@ -28,6 +32,7 @@ from cvkit.ops.boxes import (
     sanitize_boxes,
 )
 from cvkit.ops.coder import decode_boxes, encode_boxes, stds_from_variances, stds_from_weights
+from cvkit.ops.focal_loss import sigmoid_focal_loss
 from cvkit.ops.iou import (
     aligned_box_iou,
     aligned_complete_box_iou,
@@ -56,6 +61,7 @@ from cvkit.ops.nms import (
     soft_nms,
     soft_nms_padded,
 )
+from cvkit.ops.poolers import MultiScaleRoIAlign, RoIAlign, RoIPool
 from cvkit.ops.roi import boxes_to_rois, fpn_levels, multiscale_roi_align, roi_align, roi_pool
 
 __all__ = [
@@ -64,6 +70,9 @@ __all__ = [
     "BoxError",
     "BoxShapeError",
     "BoxTypeError",
+    "MultiScaleRoIAlign",
+    "RoIAlign",
+    "RoIPool",
     "aligned_box_iou",
     "aligned_complete_box_iou",
     "aligned_distance_box_iou",
@@ -106,6 +115,7 @@ __all__ = [
     "roi_align",
     "roi_pool",
     "sanitize_boxes",
+    "sigmoid_focal_loss",
     "soft_nms",
     "soft_nms_padded",
     "ssd_anchors",

@@ -171,8 +171,9 @@ def multiscale_roi_align(
     result = first.new_zeros((rois.shape[0], first.shape[1], *output_size))
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         index = torch.nonzero(levels == level).flatten()
-        if index.numel():
-            result[index] = roi_align(
-                feature, rois[index], output_size, 1.0 / stride, sampling_ratio, aligned
-            )
+        # Written even when no box reads this level, so that the result is part of the
+        # autograd graph (zero gradients to every level) when there are no boxes at all.
+        result[index] = roi_align(
+            feature, rois[index], output_size, 1.0 / stride, sampling_ratio, aligned
+        )
     return result
