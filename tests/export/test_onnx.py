@@ -179,6 +179,25 @@ def test_half_export_keeps_float32_io_and_passes_parity(toy_classifier, tmp_path
     assert all(p.dtype == torch.float32 for p in toy_classifier.parameters())
 
 
+def test_nms_results_that_differ_only_at_tied_scores_are_judged_on_the_candidates(
+    toy_detector, tmp_path, caplog
+):
+    """A briefly trained detector gives every candidate the same score (YOLO's class bias
+    starts near the threshold): NMS keeps another of the tied boxes in onnxruntime than in
+    torch, which once failed the export; the candidates, equal in both, decide instead."""
+    tied = float(torch.sigmoid(torch.logit(torch.tensor(DETECT_META.score_threshold)) + 1e-3))
+    with torch.no_grad():
+        toy_detector.head.weight[4:] = 0
+        toy_detector.head.bias[4:] = torch.logit(torch.tensor(tied))
+    path = tmp_path / "tied.onnx"
+    with caplog.at_level("WARNING", logger="cvkit"):
+        result = export_model(toy_detector, path, DETECT_META, ExportConfig(dynamic=True))
+    assert "scores tied within float rounding" in caplog.text
+    assert result.differences["scores"] <= 1e-6 and result.differences["boxes"] <= 1e-6
+    for got in Detector(path, providers="cpu").predict(_images(2, square=True)):
+        np.testing.assert_allclose(got.scores, tied, rtol=1e-6)
+
+
 def test_half_detector_export_is_checked_through_its_candidates(toy_detector, tmp_path):
     path = tmp_path / "half_det.onnx"
     result = export_model(toy_detector, path, DETECT_META, ExportConfig(half=True, dynamic=True))
