@@ -24,7 +24,14 @@ import numpy as np
 
 from cvkit.data.formats.coco import load_coco_json, read_coco
 from cvkit.data.formats.detect import detect_format, load_records
-from cvkit.data.records import Records, Sample, read_image_size, verify_image_data
+from cvkit.data.records import (
+    SIDEWAYS_ORIENTATIONS,
+    Records,
+    Sample,
+    read_exif_orientation,
+    read_image_size,
+    verify_image_data,
+)
 from cvkit.errors import DatasetError
 from cvkit.images import read_image
 from cvkit.logs import get_logger
@@ -197,6 +204,24 @@ def _box_problems(sample: Sample, num_classes: int) -> list[Problem]:
     return problems
 
 
+def _sideways_hint(sample: Sample, height: int, width: int) -> str:
+    """Why a file read as ``width x height`` may be annotated at the swapped size: its EXIF
+    orientation turns it sideways, which tools that ignore the tag do not see."""
+    if sample.image is not None or (width, height) != (sample.height, sample.width):
+        return ""
+    try:
+        orientation = read_exif_orientation(sample.path)
+    except DatasetError:
+        return ""
+    if orientation not in SIDEWAYS_ORIENTATIONS:
+        return ""
+    return (
+        f" (stored {height}x{width} with EXIF orientation {orientation}, which cvkit applies "
+        "as photo viewers do: the size and boxes must be those of the upright image; or save "
+        "the pixels upright without the tag)"
+    )
+
+
 def _image_problems(sample: Sample, decode: bool) -> list[Problem]:
     """Missing/unreadable image or semantic mask, and size mismatch with the annotation."""
     if sample.image is not None:
@@ -220,7 +245,8 @@ def _image_problems(sample: Sample, decode: bool) -> list[Problem]:
                 ERROR,
                 "image size differs from the annotation",
                 str(sample.path or sample.file_name),
-                f"file {width}x{height}, annotated {sample.width}x{sample.height}",
+                f"file {width}x{height}, annotated {sample.width}x{sample.height}"
+                + _sideways_hint(sample, height, width),
                 sample.image_id,
             )
         )

@@ -271,16 +271,35 @@ def read_image_size(path: Path) -> tuple[int, int]:
     Raises:
         DatasetError: the file is missing or not an image.
     """
+    width, height, orientation = _read_header(path)
+    return (width, height) if orientation in SIDEWAYS_ORIENTATIONS else (height, width)
+
+
+def read_exif_orientation(path: Path) -> int:
+    """The EXIF orientation (1-8; 1 when absent) that :func:`~cvkit.images.read_image` applies
+    to a file, read where :func:`read_image_size` reads it.
+
+    Raises:
+        DatasetError: the file is missing or not an image.
+    """
+    return _read_header(path)[2]
+
+
+def _read_header(path: Path) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` of an image file as it stores them (header only).
+
+    Raises:
+        DatasetError: the file is missing or not an image.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            width, height, orientation = _stored_size_and_orientation(image)
+            return _stored_size_and_orientation(image)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file is missing") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: image file is unreadable ({exc})") from None
-    return (width, height) if orientation in SIDEWAYS_ORIENTATIONS else (height, width)
 
 
 def _stored_size_and_orientation(image: Any) -> tuple[int, int, int]:

@@ -272,7 +272,12 @@ def test_coco_targets_of_awkward_annotations_by_hand(tmp_path):
 
 def test_coco_photo_annotated_at_its_stored_size_is_refused_by_the_training_check(tmp_path):
     """Annotated 40x24 (as stored) but shown 24x40: the boxes would land on the wrong pixels."""
-    with pytest.raises(DatasetError, match=r"phone\.jpg: file 24x40, annotated 40x24"):
+    with pytest.raises(
+        DatasetError,
+        match=r"phone\.jpg: file 24x40, annotated 40x24 \(stored 40x24 with EXIF orientation "
+        r"[5-8], which cvkit applies as photo viewers do: the size and boxes must be those of "
+        r"the upright image",
+    ):
         _train_split(_coco_folder(tmp_path, (WIDTH, HEIGHT)))
 
 
