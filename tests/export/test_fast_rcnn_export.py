@@ -6,6 +6,7 @@ on the checkpoint's own pre-processing (for the torch-free runtime ``Detector``,
 proposals are given in original pixels).
 """
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -132,3 +133,15 @@ def test_the_runtime_detector_equals_the_checkpoint_with_proposals_in_original_p
         detector.predict(pictures)
     with pytest.raises(InputError, match=r"expected \[P, 4\]"):
         detector.predict(pictures[0], proposals=np.zeros((3, 5), np.float32))
+
+
+def test_cvkit_predict_on_the_export_says_to_use_the_checkpoint(exported, tmp_path, capsys):
+    """``cvkit predict best.onnx`` cannot compute selective search: it once failed with the
+    runtime's ``pass proposals=...`` advice, meaningless on a command line."""
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((40, 60, 3), np.uint8))
+    command = ["predict", "--weights", str(exported[3]), str(image), "--out", str(tmp_path)]
+    assert main(command) != 0
+    error = capsys.readouterr().err
+    assert "cvkit predict does not compute" in error and "predict with the .pt checkpoint" in error
+    assert not (tmp_path / "predictions.json").exists()
