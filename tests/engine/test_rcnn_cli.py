@@ -1,7 +1,7 @@
 """``cvkit train``, ``eval``, ``predict`` and ``export`` with ``configs/rcnn.yaml`` and
 ``configs/fast_rcnn.yaml`` on a tiny synthetic set: the evaluation of ``best.pt`` repeats the
 training's validation metrics, the predictions of the validation images lie inside them, and
-R-CNN's images-only export fails with a message (the proposals must be a graph input) while
+R-CNN's export fails with a message (it has none: use the checkpoint) while
 Fast R-CNN's exports with the proposals as its second input."""
 
 import json
@@ -56,9 +56,11 @@ def test_train_eval_predict_from_the_command_line(name, tmp_path, capsys):
         capsys.readouterr()
         exported = main(["export", "--weights", weights])
         if name == "rcnn":
-            # selective search is no graph op: the images-only export says what to do instead
+            # selective search is no graph op and R-CNN takes no proposals input: the export
+            # says so and points at the checkpoint (not at an input R-CNN cannot take)
             assert exported != 0
-            assert "pass the proposals as an input" in capsys.readouterr().err
+            error = capsys.readouterr().err
+            assert "RCNN has no ONNX export" in error and "with the .pt checkpoint" in error
         else:
             # Fast R-CNN declares the proposals as the graph's second input
             assert exported == 0

@@ -260,12 +260,22 @@ class ProposalDetector(Detector):
 
         Raises:
             ValueError: not one proposal tensor per image.
-            ExportError: no proposals while tracing (selective search is not a graph op).
+            ExportError: no proposals while tracing (selective search is not a graph op); for
+                a detector without an ``export_inputs`` proposals input (R-CNN) the message
+                says it has no ONNX export.
         """
         if proposals is None:
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                name = type(self).__name__
+                if not hasattr(self, "export_inputs"):
+                    raise ExportError(
+                        f"{name} has no ONNX export: its selective-search proposals are no "
+                        "graph op, and unlike Fast R-CNN it takes none as a graph input; "
+                        "predict and evaluate with the .pt checkpoint (cvkit predict --weights "
+                        "best.pt, cvkit eval)"
+                    )
                 raise ExportError(
-                    f"{type(self).__name__}: selective-search proposals cannot be traced into a "
+                    f"{name}: selective-search proposals cannot be traced into a "
                     "graph; pass the proposals as an input"
                 )
             return self.proposer(batch)
