@@ -18,6 +18,14 @@ def infer_split(path: str | Path, split: str | None) -> str:
     return stem if detect_format(path) == "coco" and stem in SPLIT_NAMES else "train"
 
 
+def _voc_lists(root: str | Path, split: str) -> bool:
+    """Whether a VOC folder has an ``ImageSets`` list of ``split``."""
+    return any(
+        (Path(root) / "ImageSets" / folder / f"{split}.txt").is_file()
+        for folder in ("Main", "Segmentation")
+    )
+
+
 def convert(
     source: str | Path,
     to: str,
@@ -39,8 +47,10 @@ def convert(
     """
     if to not in FORMATS:
         raise DatasetError(f"--to {to!r}: choose one of {FORMATS}")
+    listed = split is not None or detect_format(source) != "voc" or _voc_lists(source, "train")
     split = infer_split(source, split)
-    records = load_records(source, images, split)
+    # a VOC folder without ImageSets and without --split: every image, written as train
+    records = load_records(source, images, split if listed else None)
     for sample in records.samples:
         unknown = sample.labels[(sample.labels < 0) | (sample.labels >= len(records.classes))]
         if len(unknown):

@@ -1,6 +1,7 @@
 """Round trips between COCO, YOLO and VOC on generated data: boxes within 1 px, classes exact."""
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -80,3 +81,15 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
     data.write_text(yaml.safe_dump({"train": "images/train", "names": ["x"]}))
     with pytest.raises(DatasetError, match=r"a.png: labels \[5\] are outside the 1 classes"):
         convert(data, "coco", tmp_path / "out")
+
+
+def test_voc_folder_without_image_sets_converts_every_image(tiny_synthetic, tmp_path):
+    """A VOC folder without ``ImageSets``: ``convert`` without a split takes every image (a
+    named split without a list is refused, see ``test_voc``)."""
+    source = annotation_path(tiny_synthetic, "val")
+    original = load_records(source, tiny_synthetic / "images" / "val")
+    voc = convert(source, "voc", tmp_path / "voc", tiny_synthetic / "images" / "val")
+    shutil.rmtree(voc / "ImageSets")
+    coco = convert(voc, "coco", tmp_path / "coco")
+    assert coco.name == "instances_train.json"
+    _assert_same(original, load_records(coco))

@@ -93,3 +93,12 @@ def test_segmentation_object_pngs_give_the_instance_masks(tmp_path):
     png.save(root / "SegmentationObject" / "2007_000001.png")
     with pytest.raises(DatasetError, match=r"2007_000001\.png: object index 3 but .* 2 objects"):
         read_voc(root)
+
+
+def test_a_split_without_a_list_is_refused_instead_of_reading_every_image(tmp_path):
+    """The config names ``train`` and ``val`` splits by default: a folder without
+    ``ImageSets`` once gave both splits all its images, validating on the training images."""
+    root, _ = _voc(tmp_path)
+    with pytest.raises(DatasetError, match=r"no list of the 'train' split \(ImageSets/Main/"):
+        read_voc(root, "train")
+    assert len(read_voc(root, "val")) == 1 and len(read_voc(root)) == 2

@@ -48,12 +48,24 @@ def voc_palette() -> list[int]:
 
 
 def _split_ids(root: Path, split: str | None) -> list[str]:
+    """The image ids of ``split`` (its ``ImageSets`` list), or of every annotation/mask file
+    when ``split`` is None.
+
+    Raises:
+        DatasetError: ``split`` is given but listed nowhere: reading every image instead would
+            train and validate on the same images without a word.
+    """
     if split:
         for folder in ("Main", "Segmentation"):
             listing = root / "ImageSets" / folder / f"{split}.txt"
             if listing.is_file():
                 lines = listing.read_text(encoding="utf-8").split("\n")
                 return [line.split()[0] for line in lines if line.strip()]
+        raise DatasetError(
+            f"{root}: no list of the {split!r} split (ImageSets/Main/{split}.txt or "
+            f"ImageSets/Segmentation/{split}.txt): write one, an image id (file name without "
+            "extension) per line, so that training and validation images differ"
+        )
     if (root / "Annotations").is_dir():
         return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
     return sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
@@ -100,7 +112,8 @@ def read_voc(root: str | Path, split: str | None = None) -> Records:
     Names not in the class list get label ``-1`` for :mod:`cvkit.data.check` to report.
 
     Raises:
-        DatasetError: an XML file cannot be parsed or lacks a box.
+        DatasetError: an XML file cannot be parsed or lacks a box, or ``split`` has no
+            ``ImageSets`` list.
     """
     root = Path(root)
     parsed = []
