@@ -174,3 +174,13 @@ def test_image_entry_without_id_is_named(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=r"images\[0\] needs 'id' and 'file_name'"):
         read_coco(path)
+
+
+def test_json_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    path = _spec_file(tmp_path)
+    plain = read_coco(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = read_coco(path)
+    assert marked.classes == plain.classes and marked.category_ids == plain.category_ids
+    for a, b in zip(plain.samples, marked.samples, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)

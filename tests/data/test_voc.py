@@ -102,3 +102,15 @@ def test_a_split_without_a_list_is_refused_instead_of_reading_every_image(tmp_pa
     with pytest.raises(DatasetError, match=r"no list of the 'train' split \(ImageSets/Main/"):
         read_voc(root, "train")
     assert len(read_voc(root, "val")) == 1 and len(read_voc(root)) == 2
+
+
+def test_lists_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """``labels.txt`` and ``ImageSets`` lists saved by Windows tools (BOM, CRLF): the first
+    class once read as '\\ufeffperson', a name no object has."""
+    root, _ = _voc(tmp_path)
+    (root / "labels.txt").write_bytes(b"\xef\xbb\xbfbackground\r\nperson\r\ndog\r\n")
+    listing = root / "ImageSets" / "Main" / "val.txt"
+    listing.write_bytes(b"\xef\xbb\xbf2007_000002\r\n")
+    records = read_voc(root, "val")
+    assert records.classes == ["person", "dog"]
+    assert [s.file_name for s in records.samples] == ["2007_000002.jpg"]

@@ -67,3 +67,29 @@ def test_writer_round_trip_and_keeps_other_splits(tmp_path):
     again = read_yolo(yaml_path, "val")
     for x, y in zip(records.samples, again.samples, strict=True):
         assert np.allclose(x.boxes, y.boxes, atol=1e-3) and np.array_equal(x.labels, y.labels)
+
+
+def _with_bom_and_crlf(path):
+    """Rewrite a text file as Windows tools save it: a UTF-8 byte-order mark, CRLF lines."""
+    text = path.read_text(encoding="utf-8").replace("\n", "\r\n")
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Notepad and PowerShell save UTF-8 with a byte-order mark: a label file written so once
+    failed with "not numbers: '\\ufeff1 0.5 ...'"."""
+    plain = read_yolo(_dataset(tmp_path / "plain", ["cat", "dog"]), "val")
+    marked_yaml = _dataset(tmp_path / "marked", ["cat", "dog"])
+    _with_bom_and_crlf(marked_yaml)
+    _with_bom_and_crlf(tmp_path / "marked" / "ds" / "labels" / "val" / "a.txt")
+    listing = tmp_path / "marked" / "ds" / "val.txt"
+    listing.write_text("images/val/a.png\nimages/val/b.jpg\nimages/val/c.jpg\n", encoding="utf-8")
+    _with_bom_and_crlf(listing)
+    data = yaml.safe_load(marked_yaml.read_text(encoding="utf-8-sig"))
+    marked_yaml.write_text(yaml.safe_dump({**data, "val": "val.txt"}), encoding="utf-8")
+    _with_bom_and_crlf(marked_yaml)
+    marked = read_yolo(marked_yaml, "val")
+    assert marked.classes == plain.classes == ["cat", "dog"]
+    for a, b in zip(plain.samples, marked.samples, strict=True):
+        assert a.file_name == b.file_name and a.labels.tolist() == b.labels.tolist()
+        np.testing.assert_array_equal(a.boxes, b.boxes)

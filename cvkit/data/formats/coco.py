@@ -51,7 +51,7 @@ def load_coco_json(json_path: Path) -> dict[str, Any]:
         DatasetError: the file is missing, not JSON, or lacks the required lists.
     """
     try:
-        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        data = json.loads(Path(json_path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DatasetError(f"{json_path}: COCO annotation file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -9,7 +9,8 @@ read as indices, never as colours. ``SegmentationObject`` PNGs, when present, gi
 masks: index ``k`` marks the pixels of the ``k``-th object of the XML (1-based), 255 the void
 border; they are read into the samples' ``segmentations`` (RLE), so the instance masks travel
 like COCO's. Class order: ``labels.txt`` or ``classes.txt`` in the root
-when present, else the 20 VOC classes when every name is one of them, else sorted names.
+when present, else the 20 VOC classes when every name is one of them, else sorted names. The
+lists may start with a UTF-8 byte-order mark and use CRLF line ends, as Windows tools save them.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _split_ids(root: Path, split: str | None) -> list[str]:
         for folder in ("Main", "Segmentation"):
             listing = root / "ImageSets" / folder / f"{split}.txt"
             if listing.is_file():
-                lines = listing.read_text(encoding="utf-8").split("\n")
+                lines = listing.read_text(encoding="utf-8-sig").split("\n")
                 return [line.split()[0] for line in lines if line.strip()]
         raise DatasetError(
             f"{root}: no list of the {split!r} split (ImageSets/Main/{split}.txt or "
@@ -98,7 +99,7 @@ def _parse_xml(path: Path) -> tuple[str | None, int, int, list[tuple[str, list[f
 def _classes(root: Path, names: set[str]) -> list[str]:
     for name in CLASS_FILES:
         if (root / name).is_file():
-            lines = (root / name).read_text(encoding="utf-8").splitlines()
+            lines = (root / name).read_text(encoding="utf-8-sig").splitlines()
             listed = [line.strip() for line in lines if line.strip()]
             return [c for c in listed if c != "background"]
     if names <= set(VOC_CLASSES):

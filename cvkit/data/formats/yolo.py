@@ -5,7 +5,8 @@ The data file holds ``path`` (dataset root; relative to the YAML's folder, defau
 to ``path``) and ``names`` (a list, or a dict ``{index: name}``). The label file of
 ``.../images/x/a.jpg`` is ``.../labels/x/a.txt``; each row is ``class cx cy w h`` normalized to
 0..1, or ``class x1 y1 x2 y2 x3 y3 ...`` (a normalized polygon, whose box is its bounds). An
-image without a label file has no objects. YOLO has no category ids.
+image without a label file has no objects. YOLO has no category ids. Text files may start
+with a UTF-8 byte-order mark and use CRLF line ends, as Windows tools save them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def load_data_yaml(yaml_path: Path) -> dict[str, Any]:
         DatasetError: not YAML, no ``names``, or ``names`` indices are not ``0..C-1``.
     """
     try:
-        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8"))
+        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8-sig"))
     except (OSError, yaml.YAMLError) as exc:
         raise DatasetError(f"{yaml_path}: cannot read the YOLO data file ({exc})") from None
     if not isinstance(data, dict) or "names" not in data:
@@ -63,7 +64,7 @@ def _split_images(root: Path, entry: str | list[str], yaml_path: Path) -> list[P
         if where.is_dir():
             images += sorted(p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif where.is_file() and where.suffix == ".txt":
-            lines = [line.strip() for line in where.read_text(encoding="utf-8").splitlines()]
+            lines = [line.strip() for line in where.read_text(encoding="utf-8-sig").splitlines()]
             images += [
                 (root / line) if not Path(line).is_absolute() else Path(line)
                 for line in lines
@@ -77,7 +78,7 @@ def _split_images(root: Path, entry: str | list[str], yaml_path: Path) -> list[P
 def _read_labels(path: Path, height: int, width: int):
     """Boxes ``[N, 4]`` xyxy pixels, labels and polygon segmentations of one label file."""
     boxes, labels, polygons = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         values = line.split()
         if not values:
             continue
