@@ -5,7 +5,10 @@ start at 1 and have gaps (they are mapped to contiguous labels ``0..C-1`` in asc
 order, kept in ``Records.category_ids``), ``bbox`` is ``[x, y, width, height]`` in pixels,
 ``segmentation`` is a polygon list, an RLE dict or an uncompressed RLE, ``iscrowd`` regions are
 kept with their flag (evaluation ignores them, training drops them), and images without
-annotations are kept as empty samples.
+annotations are kept as empty samples. An image entry without ``width``/``height`` (as some
+labelling tools write them) takes its size from the image file's header, upright as
+:func:`~cvkit.images.read_image` decodes it. A file saved with a UTF-8 byte-order mark reads as
+one without.
 """
 
 from __future__ import annotations
