@@ -1,6 +1,7 @@
 """Round trips between COCO, YOLO and VOC on generated data: boxes within 1 px, classes exact."""
 
 import itertools
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from cvkit.data.convert import convert, infer_split
 from cvkit.data.formats.detect import detect_format, load_records
 from cvkit.data.synthetic import annotation_path
+from cvkit.errors import DatasetError
 
 FORMATS = ["coco", "yolo", "voc"]
 
@@ -71,8 +73,6 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
     import cv2
     import yaml
 
-    from cvkit.errors import DatasetError
-
     (tmp_path / "images" / "train").mkdir(parents=True)
     (tmp_path / "labels" / "train").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "images" / "train" / "a.png"), np.zeros((8, 8, 3), np.uint8))
@@ -93,3 +93,14 @@ def test_voc_folder_without_image_sets_converts_every_image(tiny_synthetic, tmp_
     coco = convert(voc, "coco", tmp_path / "coco")
     assert coco.name == "instances_train.json"
     _assert_same(original, load_records(coco))
+
+
+def test_a_missing_relative_dataset_path_names_the_directory_it_starts_at(tmp_path, monkeypatch):
+    """A config's ``data.train.path: ../coco/x.json`` starts at the current directory, not at
+    the config file: the error once gave only the relative path."""
+    monkeypatch.chdir(tmp_path)
+    message = rf"\.\./coco/x\.json: .* \(relative paths start at {re.escape(str(tmp_path))}\)"
+    with pytest.raises(DatasetError, match=message):
+        detect_format("../coco/x.json")
+    with pytest.raises(DatasetError, match=r"does not exist$"):
+        detect_format(tmp_path / "absent.json")

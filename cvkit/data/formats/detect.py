@@ -21,11 +21,14 @@ def detect_format(path: str | Path) -> str:
     """``coco``, ``yolo`` or ``voc`` for ``path``.
 
     Raises:
-        DatasetError: the path does not exist or is none of the three.
+        DatasetError: the path does not exist (the message gives the current directory a
+            relative path starts at) or is none of the three.
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: dataset path does not exist")
+        # A relative path in a config file is easily taken as relative to that file.
+        where = "" if path.is_absolute() else f" (relative paths start at {Path.cwd()})"
+        raise DatasetError(f"{path}: dataset path does not exist{where}")
     if path.is_file() and path.suffix.lower() == ".json":
         return "coco"
     if path.is_file() and path.suffix.lower() in {".yaml", ".yml"}:
