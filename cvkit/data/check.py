@@ -301,7 +301,27 @@ def check_records(records: Records, decode: bool = True) -> CheckReport:
         report.problems += _box_problems(sample, len(records.classes))
         if len(sample) == 0:
             report.problems.append(Problem(WARNING, "image without objects", sample.file_name))
+    report.problems += _no_image_found(records, report)
     return report
+
+
+def _no_image_found(records: Records, report: CheckReport) -> list[Problem]:
+    """One problem naming the folder looked in when not one image of the split exists: the
+    image folder is wrong, not the files (a COCO file's ``images`` default is a guess)."""
+    missing = [p for p in report.problems if p.kind == "missing image file"]
+    folders = {Path(s.path).parent for s in records.samples if s.path is not None}
+    if not records.samples or len(missing) < len(records.samples) or len(folders) != 1:
+        return []
+    return [
+        Problem(
+            ERROR,
+            "no image found",
+            str(folders.pop()),
+            f"none of the {len(records.samples)} images is in this folder; for a COCO file set "
+            "the split's image folder (data.train.images / data.val.images in a config, "
+            "--images for cvkit data check)",
+        )
+    ]
 
 
 def load_checked_records(

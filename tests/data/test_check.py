@@ -121,3 +121,27 @@ def test_a_cut_off_jpeg_is_named_although_opencv_decodes_it(tmp_path, tiny_synth
     assert [(p.kind, p.file) for p in report.errors] == [("unreadable image", str(path))]
     assert main(["data", "check", str(annotations)]) == 1
     assert "cut.jpg" in capsys.readouterr().out
+
+
+def test_a_coco_file_whose_image_folder_is_not_found_names_the_folder(tmp_path, tiny_synthetic):
+    """``my_val.json`` beside an ``images/`` folder holding ``train/`` and ``val/``: the
+    default folder is ``images/`` itself, where no image is; one problem says so (besides
+    each missing file) and names the options that set the folder. One missing image does
+    not raise it."""
+    data = json.loads(annotation_path(tiny_synthetic, "val").read_text())
+    path = tmp_path / "annotations" / "my_val.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    shutil.copytree(tiny_synthetic / "images" / "val", tmp_path / "images" / "val")
+    report, records = check_dataset(path)
+    assert report.kinds()["missing image file"] == len(records) > 1
+    (problem,) = [p for p in report.errors if p.kind == "no image found"]
+    assert problem.file == str(tmp_path / "images") and problem.image_id is None
+    assert "data.val.images" in problem.detail and "--images" in problem.detail
+    report, _ = check_dataset(path, tmp_path / "images" / "val")
+    assert not report.errors
+    (tmp_path / "images" / "val" / records.samples[0].file_name).unlink()
+    report, _ = check_dataset(path, tmp_path / "images" / "val")
+    assert (
+        report.kinds().get("no image found") is None and report.kinds()["missing image file"] == 1
+    )
