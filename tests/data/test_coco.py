@@ -184,3 +184,22 @@ def test_json_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
     assert marked.classes == plain.classes and marked.category_ids == plain.category_ids
     for a, b in zip(plain.samples, marked.samples, strict=True):
         np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value", "where"),
+    [
+        ("images", "id", "img_10", r"images\[0\]\.id is 'img_10'"),
+        ("annotations", "category_id", "7", r"annotations\[1\]\.category_id is '7'"),
+        ("annotations", "image_id", 10.5, r"annotations\[1\]\.image_id is 10\.5"),
+    ],
+)
+def test_ids_that_are_no_integers_are_named(tmp_path, key, field, value, where):
+    """String ids from export scripts once raised a bare ValueError (image ids) or were
+    called unknown although the categories list the same number (category ids)."""
+    path = _spec_file(tmp_path)
+    data = json.loads(path.read_text())
+    data[key][0 if key == "images" else 1][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=where + "; COCO ids are integers"):
+        read_coco(path)

@@ -8,7 +8,7 @@ kept with their flag (evaluation ignores them, training drops them), and images 
 annotations are kept as empty samples. An image entry without ``width``/``height`` (as some
 labelling tools write them) takes its size from the image file's header, upright as
 :func:`~cvkit.images.read_image` decodes it. A file saved with a UTF-8 byte-order mark reads as
-one without.
+one without. Ids must be integers, as the format says: a string id is refused, named.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def load_coco_json(json_path: Path) -> dict[str, Any]:
     """The parsed JSON of a COCO file, with ``images``/``annotations``/``categories`` lists.
 
     Raises:
-        DatasetError: the file is missing, not JSON, or lacks the required lists.
+        DatasetError: the file is missing, not JSON, lacks the required lists, or has an
+            entry that is no object or an id that is no integer (:func:`_check_ids`).
     """
     try:
         data = json.loads(Path(json_path).read_text(encoding="utf-8-sig"))
@@ -64,7 +65,34 @@ def load_coco_json(json_path: Path) -> dict[str, Any]:
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise DatasetError(f"{json_path}: a COCO file needs a non-empty 'categories' list")
     data.setdefault("annotations", [])
+    _check_ids(data, json_path)
     return data
+
+
+ID_FIELDS = {"images": ("id",), "categories": ("id",), "annotations": ("image_id", "category_id")}
+
+
+def _check_ids(data: dict[str, Any], json_path: Path) -> None:
+    """Refuse an entry that is no object, or an id that is present but no integer.
+
+    Some export scripts write ids as strings (``"img_175"``, ``"3"``): the format says
+    integers, and a string id failed deep inside reading (a ValueError) or was reported as
+    an unknown category while the categories list the same number.
+
+    Raises:
+        DatasetError: naming the list, the position, the field and the value.
+    """
+    for key, fields in ID_FIELDS.items():
+        for position, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{json_path}: {key}[{position}] is no object: {entry!r:.100}")
+            for field in fields:
+                value = entry.get(field, 0)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise DatasetError(
+                        f"{json_path}: {key}[{position}].{field} is {value!r:.100}; COCO ids "
+                        "are integers"
+                    )
 
 
 def read_coco(
