@@ -114,3 +114,19 @@ def test_lists_saved_with_a_byte_order_mark_read_as_without(tmp_path):
     records = read_voc(root, "val")
     assert records.classes == ["person", "dog"]
     assert [s.file_name for s in records.samples] == ["2007_000002.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("<xmin>11</xmin>", "<xmin></xmin>", "<xmin> holds '', not a number"),
+        ("<width>60</width>", "<width>sixty</width>", "<width> holds 'sixty', not a number"),
+    ],
+)
+def test_a_field_that_is_no_number_names_the_file(tmp_path, old, new, message):
+    """An empty or wordy field once raised a bare ValueError from float()."""
+    root, _ = _voc(tmp_path)
+    xml = root / "Annotations" / "2007_000002.xml"
+    xml.write_text(xml.read_text().replace(old, new))
+    with pytest.raises(DatasetError, match=rf"2007_000002\.xml: {message}"):
+        read_voc(root, "val")

@@ -72,6 +72,19 @@ def _split_ids(root: Path, split: str | None) -> list[str]:
     return sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
 
 
+def _number(node: ET.Element, key: str, default: str, path: Path) -> float:
+    """The number in ``node``'s ``key`` child (``default`` when there is none).
+
+    Raises:
+        DatasetError: the text is empty or no number (it once raised a bare ValueError).
+    """
+    text = node.findtext(key, default)
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetError(f"{path}: <{key}> holds {text!r}, not a number") from None
+
+
 def _parse_xml(path: Path) -> tuple[str | None, int, int, list[tuple[str, list[float], bool]]]:
     try:
         tree = ET.parse(path)
@@ -79,15 +92,15 @@ def _parse_xml(path: Path) -> tuple[str | None, int, int, list[tuple[str, list[f
         raise DatasetError(f"{path}: cannot parse the VOC annotation ({exc})") from None
     node = tree.getroot()
     size = node.find("size")
-    width = int(float(size.findtext("width", "0"))) if size is not None else 0
-    height = int(float(size.findtext("height", "0"))) if size is not None else 0
+    width = int(_number(size, "width", "0", path)) if size is not None else 0
+    height = int(_number(size, "height", "0", path)) if size is not None else 0
     objects = []
     for obj in node.iter("object"):
         box = obj.find("bndbox")
         if box is None:
             raise DatasetError(f"{path}: an object has no bndbox")
         xmin, ymin, xmax, ymax = (
-            float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")
+            _number(box, k, "nan", path) for k in ("xmin", "ymin", "xmax", "ymax")
         )
         difficult = obj.findtext("difficult", "0").strip() in {"1", "true"}
         objects.append(
