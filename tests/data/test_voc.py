@@ -130,3 +130,17 @@ def test_a_field_that_is_no_number_names_the_file(tmp_path, old, new, message):
     xml.write_text(xml.read_text().replace(old, new))
     with pytest.raises(DatasetError, match=rf"2007_000002\.xml: {message}"):
         read_voc(root, "val")
+
+
+def test_splits_share_the_class_order_of_the_whole_folder(tmp_path):
+    """Without labels.txt, names outside the VOC 20 are sorted: once only the split's own,
+    so a val split without 'apple' numbered 'kiwi' 0 where train numbered it 1."""
+    root, _ = _voc(tmp_path)
+    first = root / "Annotations" / "2007_000001.xml"
+    first.write_text(first.read_text().replace(">dog<", ">apple<").replace(">person<", ">kiwi<"))
+    second = root / "Annotations" / "2007_000002.xml"
+    second.write_text(second.read_text().replace(">dog<", ">kiwi<").replace(">person<", ">kiwi<"))
+    (root / "ImageSets" / "Main" / "train.txt").write_text("2007_000001\n")
+    train, val = read_voc(root, "train"), read_voc(root, "val")
+    assert train.classes == val.classes == ["apple", "kiwi"]
+    assert train.samples[0].labels.tolist() == [0, 1] and val.samples[0].labels.tolist() == [1, 1]

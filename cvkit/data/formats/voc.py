@@ -9,7 +9,8 @@ read as indices, never as colours. ``SegmentationObject`` PNGs, when present, gi
 masks: index ``k`` marks the pixels of the ``k``-th object of the XML (1-based), 255 the void
 border; they are read into the samples' ``segmentations`` (RLE), so the instance masks travel
 like COCO's. Class order: ``labels.txt`` or ``classes.txt`` in the root
-when present, else the 20 VOC classes when every name is one of them, else sorted names. The
+when present, else the 20 VOC classes when every name is one of them, else sorted names (the
+names of every XML in the folder, so that all splits share one order). The
 lists may start with a UTF-8 byte-order mark and use CRLF line ends, as Windows tools save them.
 """
 
@@ -120,6 +121,18 @@ def _classes(root: Path, names: set[str]) -> list[str]:
     return sorted(names)
 
 
+def _folder_names(root: Path) -> set[str]:
+    """The object names of every XML in ``Annotations/``, whatever split lists it: the class
+    order must not depend on the split, or a val split without some class would number the
+    others unlike the train split. A file that cannot be parsed is skipped here; reading its
+    split reports it."""
+    names = set()
+    for xml in (root / "Annotations").glob("*.xml"):
+        with contextlib.suppress(ET.ParseError, OSError):
+            names |= {obj.findtext("name", "").strip() for obj in ET.parse(xml).iter("object")}
+    return names
+
+
 def read_voc(root: str | Path, split: str | None = None) -> Records:
     """Read a VOC folder (or the ``split`` listed in ``ImageSets``) into :class:`Records`.
 
@@ -143,7 +156,7 @@ def read_voc(root: str | Path, split: str | None = None) -> Records:
         instances = root / "SegmentationObject" / f"{image_id}.png"
         masks = _object_masks(instances, len(objects)) if instances.is_file() else None
         parsed.append((image_id, path, height, width, objects, semantic, masks))
-    classes = _classes(root, {name for *_, objects, _, _ in parsed for name, _, _ in objects})
+    classes = _classes(root, _folder_names(root))
     index = {name: i for i, name in enumerate(classes)}
     samples = [
         Sample(
