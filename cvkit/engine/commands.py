@@ -47,7 +47,7 @@ from cvkit.engine.environment import (
 from cvkit.engine.rundir import RunDir, create_run_dir
 from cvkit.engine.tasks import Task, get_task
 from cvkit.engine.trainer import Trainer
-from cvkit.errors import CheckpointError, ConfigError, CvkitError
+from cvkit.errors import CheckpointError, ConfigError, CvkitError, DatasetError
 from cvkit.logs import get_logger, setup_logging
 from cvkit.models.loading import load_model
 from cvkit.resources import keep_freed_memory
@@ -147,6 +147,7 @@ def _train(
     train_set = task.build_dataset("train")
     val_set = task.build_dataset("val")
     classes = list(train_set.classes)
+    _check_same_classes(classes, list(val_set.classes))
     model = task.build_model(_num_classes(config, classes))
     trainer = Trainer(
         config,
@@ -291,6 +292,23 @@ def _run_dir(config: Config, out: str | Path | None, resume: str | Path | None) 
         if resumed.parent.name == "weights":
             out = resumed.parent.parent
     return create_run_dir(config, out=out)
+
+
+def _check_same_classes(train: list[str], val: list[str]) -> None:
+    """Refuse splits whose class lists differ: the model numbers classes as the train split
+    does, and validation would score its labels against other names (a COCO val file
+    listing only its own categories once failed mid-training with "label 2 outside 0..1", or
+    scored every class under a neighbour's name when the missing one came first).
+
+    Raises:
+        DatasetError: naming both lists.
+    """
+    if train != val:
+        raise DatasetError(
+            f"the train split has the classes {train} but the val split {val}: both must "
+            "list the same classes in the same order (a COCO val file every category of the "
+            "train file, even one without objects in val)"
+        )
 
 
 def _num_classes(config: Config, classes: list[str]) -> int:

@@ -107,3 +107,24 @@ def test_metrics_json_groups_per_class_values():
         "per_class_AP": {"circle": 0.25, "star": None},
         "per_class_IoU": {"bg": 0.9},
     }
+
+
+def test_train_refuses_a_val_split_with_other_classes(monkeypatch, config_file, tmp_path, capsys):
+    """A val split that lists only some of the classes (a COCO val file with its own
+    categories, a VOC split without one class) numbers them differently: refused before
+    training instead of failing at validation or scoring classes under other names."""
+
+    class ValWithoutCircle(ToyDetect):
+        def build_dataset(self, split):
+            dataset = ToyDetectionDataset()
+            if split == "val":
+                dataset.classes = ["square"]
+            return dataset
+
+    monkeypatch.setattr(commands, "get_task", lambda name: ValWithoutCircle)
+    out = tmp_path / "r"
+    assert main(["train", "--cfg", str(config_file), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "the train split has the classes ['circle', 'square'] but the val split" in error
+    assert "['square']" in error and not (out / "weights" / "last.pt").exists()
+    setup_logging()
