@@ -292,6 +292,7 @@ class SampleTransform:
         }
         if masks is not None and len(masks):
             inputs["masks"] = masks
+        had_pixels = [bool(mask.any()) for mask in masks] if masks is not None else []
         if semantic is not None:
             inputs["mask"] = semantic
         out = self.augment(**inputs)
@@ -304,7 +305,13 @@ class SampleTransform:
             else:
                 masks = np.zeros((0, *out["image"].shape[:2]), np.uint8)
             if self.recompute_boxes and len(masks):
-                derived = [mask_to_box(m) for m in masks]
+                # An object whose mask had no pixel before augmentation (a degenerate polygon,
+                # a fully covered VOC object) keeps its transformed box: only a mask that the
+                # augmentation emptied means the object left the image.
+                derived = [
+                    mask_to_box(mask) if had_pixels[index] else box
+                    for mask, index, box in zip(masks, indices, boxes, strict=True)
+                ]
                 keep = np.array([b is not None for b in derived])
                 masks, labels = masks[keep], labels[keep]
                 boxes = np.array([b for b in derived if b is not None], np.float32).reshape(-1, 4)

@@ -60,6 +60,25 @@ def test_masks_and_boxes_agree_after_rotation_and_labels_follow():
             assert np.abs(pixels - PALETTE[label]).sum(axis=1).mean() < 60
 
 
+def test_an_object_whose_mask_was_empty_keeps_its_rotated_box():
+    """A degenerate COCO polygon decodes to an empty mask: after a rotation the box was
+    re-derived from that mask, found nothing, and the object left training silently. It now
+    keeps the box albumentations rotated, the box a run without masks gives."""
+    rotate = [TransformSpec(name="Rotate", params={"limit": (30, 30), "p": 1.0})]
+    transform = build_transform(DataConfig(image_size=96, augment=rotate), "detect", train=True)
+    image, sample = _coloured_by_label(7)
+    assert transform.recompute_boxes and len(sample.labels) >= 2
+    masks = sample.masks.copy()
+    masks[1] = 0
+    transform.reseed(3)
+    out = transform(image, sample.boxes, sample.labels, masks)
+    transform.reseed(3)
+    boxes_only = transform(image, sample.boxes, sample.labels)
+    assert out.labels.tolist() == sample.labels.tolist() == boxes_only.labels.tolist()
+    np.testing.assert_allclose(out.boxes[1], boxes_only.boxes[1], atol=1e-4)
+    assert not out.masks[1].any() and np.array_equal(out.boxes[0], mask_to_box(out.masks[0]))
+
+
 def test_boxes_follow_the_objects_without_masks():
     flip = [TransformSpec(name="HorizontalFlip", params={"p": 1.0})]
     image, sample = _coloured_by_label(4)
