@@ -185,24 +185,26 @@ def _place_objects(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``item``'s boxes, labels and masks (``[n, size, size]`` or None) moved by ``offset``
     onto the canvas and cut to ``tile`` ``(x0, y0, x1, y1)``; objects keeping less than
-    ``min_visibility`` of their area are dropped."""
+    ``min_visibility`` of their area (their mask's, else their box's) are dropped."""
     ox, oy = offset
     x0, y0, x1, y1 = tile
     shifted = item.boxes + np.array([ox, oy, ox, oy], np.float32)
+    clipped = np.clip(shifted, [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
+    area = (shifted[:, 2:] - shifted[:, :2]).prod(1)
+    visible = (clipped[:, 2:] - clipped[:, :2]).clip(min=0).prod(1)
+    box_keep = (visible > 0) & (visible >= min_visibility * area)
     if item.masks is None:
-        clipped = np.clip(shifted, [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
-        area = (shifted[:, 2:] - shifted[:, :2]).prod(1)
-        visible = (clipped[:, 2:] - clipped[:, :2]).clip(min=0).prod(1)
-        keep = (visible > 0) & (visible >= min_visibility * area)
-        return clipped[keep], item.labels[keep], None
+        return clipped[box_keep], item.labels[box_keep], None
     masks = np.zeros((len(item.masks), size, size), np.uint8)
     masks[:, y0:y1, x0:x1] = item.masks[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     visible = masks.sum((1, 2), dtype=np.int64)
     total = item.masks.sum((1, 2), dtype=np.int64)
-    keep = (visible > 0) & (visible >= min_visibility * total)
-    masks = masks[keep]
-    boxes = np.array([mask_to_box(m) for m in masks], np.float32).reshape(-1, 4)
-    return boxes, item.labels[keep], masks
+    # An object whose mask has no pixel at all (a degenerate polygon) is cut by its box.
+    empty = total == 0
+    keep = np.where(empty, box_keep, (visible > 0) & (visible >= min_visibility * total))
+    boxes = [clipped[i] if empty[i] else mask_to_box(masks[i]) for i in np.flatnonzero(keep)]
+    boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    return boxes, item.labels[keep], masks[keep]
 
 
 def mixup(first: LabeledImage, second: LabeledImage, weight: float) -> LabeledImage:

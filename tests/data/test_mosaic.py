@@ -266,3 +266,16 @@ def test_close_mosaic_epochs_and_bad_settings():
         with_multi_sample(base, DataConfig(mixup=0.5))
     with pytest.raises(ConfigError, match="segment"):
         MosaicDataset(_dataset(instance_masks=False, task="segment"), 1.0, 0.0)
+
+
+def test_objects_whose_masks_are_empty_are_cut_by_their_boxes():
+    """Degenerate polygons decode to empty masks: such objects once left every mosaic (no
+    visible mask pixel); they are now cut as boxes are, beside objects with masks."""
+    first = _rectangles([[0, 12, 12, 20], [5, 22, 11, 30], [12, 0, 22, 10], [0, 12, 8, 20]])
+    emptied = LabeledImage(first.image, first.boxes, first.labels, np.zeros_like(first.masks))
+    items = [emptied, *(_rectangles([[5, 5, 35, 35]]) for _ in range(3))]
+    with_masks = mosaic(items, (30, 32), SIZE)
+    without = mosaic([LabeledImage(i.image, i.boxes, i.labels) for i in items], (30, 32), SIZE)
+    np.testing.assert_array_equal(with_masks.boxes, without.boxes)
+    np.testing.assert_array_equal(with_masks.labels, without.labels)
+    assert with_masks.labels[:2].tolist() == [0, 2] and not with_masks.masks[:2].any()
