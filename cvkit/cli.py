@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--plots", metavar="DIR", help="detectors: plot folder (default: <run>/plots/eval_<W>/)"
     )
     evaluate.add_argument("--no-plots", action="store_true", help="write no plots")
+    evaluate.add_argument(
+        "--detections",
+        metavar="PATH",
+        help="detectors: write the detections as a COCO results JSON (dataset's image and "
+        "category ids, bbox [x, y, w, h], score, RLE segmentation for masks)",
+    )
 
     predict = commands.add_parser(
         "predict",

@@ -9,9 +9,10 @@ With ``export.after_train``, ``best.pt`` is then exported to ``weights/best.onnx
 against torch by :mod:`cvkit.export`); a failed export is reported after the training results
 are safely written and makes the command exit with status 1.
 
-``cvkit eval --cfg CFG --weights CKPT [--json PATH]`` rebuilds the model from the checkpoint
-and scores it on the config's val split; an exported ``.onnx`` is scored the same way through
-onnxruntime (:func:`cvkit.export.quantize.evaluate_onnx`).
+``cvkit eval --cfg CFG --weights CKPT [--json PATH] [--detections PATH]`` rebuilds the model
+from the checkpoint and scores it on the config's val split; an exported ``.onnx`` is scored the
+same way through onnxruntime (:class:`cvkit.export.quantize.OnnxEvalModel`). ``--detections``
+(detection tasks) writes the scored detections as a COCO results file.
 
 ``--json`` writes the metrics as JSON: the flat keys (``mAP``, ``mAP50``, ``mAP75`` ...) plus
 one ``per_class_<metric>`` mapping for each ``<metric>/<class>`` key (e.g. ``per_class_AP``);
@@ -194,47 +195,45 @@ def _export_best(run: RunDir, result: TrainRun) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """``cvkit eval``: score a checkpoint on the config's val split; returns the exit code."""
+    """``cvkit eval``: score a checkpoint or an exported ``.onnx`` on the config's val split with
+    the task's ``evaluate``; returns the exit code.
+
+    Raises:
+        ConfigError: ``--detections`` for a task that writes no COCO detections.
+        CheckpointError: the weights' classes differ from the val split's.
+    """
     config = load_config(args.cfg, args.overrides)
     configure_threads(config.train.threads)
-    if str(args.weights).lower().endswith(".onnx"):
-        return _evaluate_onnx(config, args)
-    device = select_device(config.device)
-    checkpoint = load_checkpoint(args.weights, device)
-    model = load_model(checkpoint, device, args.weights)
     task = get_task(config.task)(config)
+    options = {**_eval_plots(task, args), **_eval_detections(task, args)}
+    if str(args.weights).lower().endswith(".onnx"):
+        from cvkit.export.quantize import OnnxEvalModel
+
+        model = OnnxEvalModel(args.weights, config.train.threads)
+        classes, device, origin = list(model.metadata.classes), torch.device("cpu"), "exported"
+        label = f"{args.weights} (onnxruntime)"
+    else:
+        device = select_device(config.device)
+        checkpoint = load_checkpoint(args.weights, device)
+        model = load_model(checkpoint, device, args.weights)
+        classes, origin, label = list(checkpoint["classes"]), "trained", str(args.weights)
     val_set = task.build_dataset("val")
-    if list(val_set.classes) != list(checkpoint["classes"]):
+    if list(val_set.classes) != classes:
         raise CheckpointError(
-            f"{args.weights}: trained for classes {checkpoint['classes']}, but the val split "
-            f"has {list(val_set.classes)}"
+            f"{args.weights}: {origin} for classes {classes}, but the val split has "
+            f"{list(val_set.classes)}"
         )
     start = time.perf_counter()
-    plots = _eval_plots(task, args)
     with torch.no_grad():
-        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device, **plots)
+        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device, **options)
     print(
-        f"cvkit eval: {args.weights} on {len(val_set)} images in "
-        f"{_duration(time.perf_counter() - start)}"
+        f"cvkit eval: {label} on {len(val_set)} images in {_duration(time.perf_counter() - start)}"
     )
     print(format_metrics(task, metrics))
-    if plots:
-        print(f"plots: {plots['plots']}")
-    if args.json:
-        write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
-    return 0
-
-
-def _evaluate_onnx(config: Config, args: argparse.Namespace) -> int:
-    """``cvkit eval --weights model.onnx``: the exported file through the runtime (CPU), scored
-    by the same task ``evaluate`` as a checkpoint."""
-    from cvkit.export.quantize import evaluate_onnx
-
-    task = get_task(config.task)(config)
-    start = time.perf_counter()
-    metrics = evaluate_onnx(args.weights, config, **_eval_plots(task, args))
-    print(f"cvkit eval: {args.weights} (onnxruntime) in {_duration(time.perf_counter() - start)}")
-    print(format_metrics(task, metrics))
+    if "plots" in options:
+        print(f"plots: {options['plots']}")
+    if "detections" in options:
+        print(f"detections (COCO results): {options['detections']}")
     if args.json:
         write_metrics_json(args.json, metrics, {"weights": str(args.weights)})
     return 0
@@ -252,6 +251,24 @@ def _eval_plots(task: Task, args: argparse.Namespace) -> dict[str, Path]:
     weights = Path(args.weights)
     run = weights.parent.parent if weights.parent.name == "weights" else weights.parent
     return {"plots": run / "plots" / f"eval_{weights.stem}"}
+
+
+def _eval_detections(task: Task, args: argparse.Namespace) -> dict[str, Path]:
+    """``{"detections": path}`` for ``--detections PATH``, refused up front (before any work)
+    for a task whose ``evaluate`` writes no COCO results file (only detection does).
+
+    Raises:
+        ConfigError: ``--detections`` for such a task.
+    """
+    path = getattr(args, "detections", None)
+    if path is None:
+        return {}
+    if "detections" not in inspect.signature(task.evaluate).parameters:
+        raise ConfigError(
+            f"--detections {path}: task {task.name!r} has no COCO detections to write "
+            "(only detection tasks do; use --json for its metrics)"
+        )
+    return {"detections": Path(path)}
 
 
 def format_metrics(task: Task, metrics: dict[str, float]) -> str:

@@ -4,7 +4,8 @@ per class.
 Detections use cvkit's convention (``boxes [N, 4]`` xyxy in original-image pixels, ``labels``
 contiguous ``0..C-1``, optional ``masks [N, H, W]`` in original pixels); :func:`detections_to_coco`
 converts them to COCO's result format (``bbox`` = ``[x, y, w, h]``, ``segmentation`` = compressed
-RLE when there are masks, ``category_id`` from the dataset's map). :func:`evaluate_coco` scores
+RLE when there are masks, ``category_id`` from the dataset's map), and :func:`write_coco_results`
+saves them as the results file COCO tools load (``COCO.loadRes``). :func:`evaluate_coco` scores
 boxes (``iou_type="bbox"``) or masks (``"segm"``) against a COCO ground-truth dict with
 faster-coco-eval (C++, default) or the reference pycocotools; both return the same numbers.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -132,6 +135,23 @@ def detections_to_coco(
                 record["segmentation"] = rles[index]
             results.append(record)
     return results
+
+
+def write_coco_results(path: str | Path, results: Sequence[Mapping[str, Any]]) -> Path:
+    """Write COCO result records (:func:`detections_to_coco`) as a JSON list to ``path``.
+
+    The file is what pycocotools' ``COCO.loadRes`` and benchmark servers take. Records with
+    both ``bbox`` and ``segmentation`` serve box and mask scoring alike; for mask scoring drop
+    ``bbox`` first (as Detectron2 does), or ``loadRes`` takes each mask's area from its box and
+    the small/medium/large APs change.
+
+    Returns:
+        ``path``; its folder is created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(results)), encoding="utf-8")
+    return path
 
 
 def mask_rles(masks: np.ndarray) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from cvkit.engine.tasks import Task, register_task
 from cvkit.errors import DatasetError, ExportError
-from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco
+from cvkit.eval.coco import CocoMetrics, detections_to_coco, evaluate_coco, write_coco_results
 from cvkit.logs import progress
 
 if TYPE_CHECKING:
@@ -50,11 +50,13 @@ class DetectTask(Task):
         loader: DataLoader,
         device: torch.device,
         plots: str | Path | None = None,
+        detections: str | Path | None = None,
     ) -> dict[str, float]:
         """COCO metrics as a flat dict: ``mAP``, ``mAP50``, ``mAP75``, ``mAP_small`` ...,
         ``AP/<class>``, and the same behind ``segm_`` for a model with masks; with ``plots``,
-        the detection plots (boxes) are written there too."""
-        metrics = self.evaluate_coco_types(model, loader, device, plots)
+        the detection plots (boxes) are written there too, and with ``detections`` the scored
+        detections as a COCO results file (see :meth:`evaluate_coco_types`)."""
+        metrics = self.evaluate_coco_types(model, loader, device, plots, detections)
         out = metrics["bbox"].as_dict()
         if "segm" in metrics:
             out.update(metrics["segm"].as_dict("segm_"))
@@ -77,12 +79,17 @@ class DetectTask(Task):
         loader: DataLoader,
         device: torch.device,
         plots: str | Path | None = None,
+        detections: str | Path | None = None,
     ) -> dict[str, CocoMetrics]:
         """Run ``model`` (eval mode) over ``loader`` and score it with COCO mAP: ``{"bbox": ...}``
         plus ``"segm"`` when the detections carry masks.
 
         With ``plots`` (a folder), :func:`cvkit.eval.plots.write_detection_plots` draws the PR
-        curves, the confusion matrix and the worst images of the same detections there.
+        curves, the confusion matrix and the worst images of the same detections there. With
+        ``detections`` (a file), the very records that were scored are written there by
+        :func:`cvkit.eval.coco.write_coco_results`: a COCO results list with the dataset's image
+        and category ids, boxes ``[x, y, w, h]`` in original pixels and, for masks, compressed
+        RLE ``segmentation``.
 
         A model with an ``inference`` attribute (score threshold, NMS IoU, ``max_det``) gets
         this task's ``eval:`` section first, so ``--set eval.score_threshold=...`` applies.
@@ -115,6 +122,8 @@ class DetectTask(Task):
                 detection = output.to_original(target.geometry)
                 has_masks |= getattr(detection, "masks", None) is not None
                 results += detections_to_coco([detection], [target.image_id], category_ids)
+        if detections is not None:
+            write_coco_results(detections, results)
         backend = self.config.eval.coco_backend
         if plots is not None:
             from cvkit.eval.plots import write_detection_plots
