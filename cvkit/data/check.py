@@ -4,9 +4,10 @@
 missing or unreadable images, image sizes that differ from the annotations, boxes that are NaN,
 have zero or negative area, or leave the image, labels outside the class list, COCO category
 ids that are unknown, not contiguous, or 0-based where the categories are 1-based (the
-0- vs 1-based trap), duplicate image ids, unreadable semantic masks, and images without
-objects. Problems are ``error`` (the sample cannot be trained on) or ``warning`` (usable as
-is: empty images, non-contiguous ids, boxes that stick out but keep an area inside).
+0- vs 1-based trap), COCO polygons of fewer than 3 points or of odd length, duplicate image
+ids, unreadable semantic masks, and images without objects. Problems are ``error`` (the sample
+cannot be trained on) or ``warning`` (usable as is: empty images, non-contiguous ids, boxes
+that stick out but keep an area inside, degenerate polygons, whose objects keep their boxes).
 
 :func:`validate_for_training` is the hook ``build_dataset`` runs before training: it refuses a
 dataset with errors, showing the report, or, with ``data.skip_invalid``, drops the bad samples
@@ -145,6 +146,52 @@ def coco_json_problems(json_path: Path, data: dict[str, Any] | None = None) -> l
                     "unknown category id",
                     where,
                     f"category_id {category} not in categories {ids}{hint}",
+                    image_id,
+                )
+            )
+        problems += _polygon_problems(ann.get("segmentation"), where, image_id)
+    return problems
+
+
+def _polygon_problems(segmentation: Any, where: str, image_id: int) -> list[Problem]:
+    """Warnings for the polygons of one COCO annotation that do not describe an area.
+
+    A polygon of fewer than 6 numbers (3 points) is left out when masks are decoded
+    (:func:`cvkit.data.records.decode_segmentation`); when every polygon of the object is such,
+    its mask is empty: Mask R-CNN gets an empty mask target and COCO evaluation an area of 0.
+    A polygon of odd length has an x without its y, which pycocotools drops. Both are warnings:
+    the object's box stays usable.
+    """
+    if not isinstance(segmentation, list) or not all(isinstance(p, list) for p in segmentation):
+        return []  # RLE, or no polygons
+    lengths = [len(polygon) for polygon in segmentation]
+    short = [index for index, length in enumerate(lengths) if length < 6]
+    empty = len(short) == len(lengths)
+    problems = []
+    for index in short:
+        effect = (
+            "the object's mask is empty (an empty Mask R-CNN target, area 0 in COCO evaluation)"
+            if empty
+            else "it is left out of the object's mask"
+        )
+        problems.append(
+            Problem(
+                WARNING,
+                "polygon of fewer than 3 points",
+                where,
+                f"polygon {index} has {lengths[index]} numbers (at least 6 needed): {effect}; "
+                "its box is still used",
+                image_id,
+            )
+        )
+    for index, length in enumerate(lengths):
+        if length >= 6 and length % 2:
+            problems.append(
+                Problem(
+                    WARNING,
+                    "polygon of odd length",
+                    where,
+                    f"polygon {index} has {length} numbers: its last x has no y and is dropped",
                     image_id,
                 )
             )

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cvkit.cli import main
-from cvkit.data.check import check_dataset
+from cvkit.data.check import check_dataset, coco_json_problems, validate_for_training
 from cvkit.data.synthetic import annotation_path
 
 
@@ -145,3 +145,58 @@ def test_a_coco_file_whose_image_folder_is_not_found_names_the_folder(tmp_path, 
     assert (
         report.kinds().get("no image found") is None and report.kinds()["missing image file"] == 1
     )
+
+
+def test_degenerate_coco_polygons_are_warnings_naming_annotation_and_length(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 40, 3), np.uint8))
+    square = [5.0, 5.0, 30.0, 5.0, 30.0, 30.0, 5.0, 30.0]
+    annotations = {
+        7: [[5.0, 5.0, 30.0, 30.0]],  # 2 points: the only polygon, so the mask is empty
+        8: [square, [1.0, 1.0]],  # one good polygon and a 1-point one
+        9: [[5.0, 5.0, 30.0, 5.0, 30.0, 30.0, 5.0]],  # 7 numbers: a y is missing
+        10: [square],
+    }
+    data = {
+        "images": [{"id": 3, "file_name": "a.png", "height": 40, "width": 40}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {
+                "id": i,
+                "image_id": 3,
+                "category_id": 1,
+                "bbox": [5, 5, 25, 25],
+                "iscrowd": 0,
+                "area": 625.0,
+                "segmentation": polygons,
+            }
+            for i, polygons in annotations.items()
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    report, records = check_dataset(path, tmp_path)
+    assert not report.errors
+    found = {(p.kind, p.file, p.detail.split(":")[0]) for p in report.warnings}
+    assert found == {
+        (
+            "polygon of fewer than 3 points",
+            "a.png (annotation 7)",
+            "polygon 0 has 4 numbers (at least 6 needed)",
+        ),
+        (
+            "polygon of fewer than 3 points",
+            "a.png (annotation 8)",
+            "polygon 1 has 2 numbers (at least 6 needed)",
+        ),
+        ("polygon of odd length", "a.png (annotation 9)", "polygon 0 has 7 numbers"),
+    }
+    details = {p.file: p.detail for p in report.warnings}
+    assert "the object's mask is empty" in details["a.png (annotation 7)"]
+    assert "left out of the object's mask" in details["a.png (annotation 8)"]
+    # the warnings say what decoding does: annotation 7's mask is empty, the others are not
+    masks = records.samples[0].instance_masks()
+    assert masks[0].sum() == 0 and all(mask.sum() > 0 for mask in masks[1:])
+    assert main(["data", "check", str(path), "--images", str(tmp_path)]) == 0
+    assert "warning: polygon of fewer than 3 points (2)" in capsys.readouterr().out
+    # training keeps the sample: its boxes are usable
+    assert validate_for_training(records, False, coco_json_problems(path)) is records
