@@ -110,3 +110,12 @@ def normalize(
     mean_array, inv_std = normalization(mean, std)
     batch = (images.astype(np.float32) - mean_array) * inv_std
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=dtype)
+
+
+def denormalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``[B, 3, H, W]`` normalized as :func:`normalize` does (float32 or float16) → ``uint8
+    [B, H, W, 3]``: the inverse ``value / (1 / (255 * std)) + 255 * mean``, rounded, so the
+    pixels come back exactly."""
+    mean_array, inv_std = normalization(mean, std)
+    pixels = np.asarray(batch, dtype=np.float32).transpose(0, 2, 3, 1) / inv_std + mean_array
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from cvkit.data.visualize import COLOURS, draw_detections
-from cvkit.errors import ConfigError, DatasetError, ImageError
+from cvkit.errors import DatasetError, ImageError
 from cvkit.images import IMAGE_SUFFIXES, read_image
 from cvkit.logs import get_logger
 from cvkit.runtime.results import Classification, Detections
@@ -155,25 +155,12 @@ class OnnxPredictor:
     Args:
         path: file written by ``cvkit export``.
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt``).
-
-    Raises:
-        ConfigError: the graph takes proposals beside the images (Fast R-CNN), which only a
-            caller can compute.
     """
 
     def __init__(self, path: str | Path, providers: str = "auto") -> None:
         from cvkit.runtime import load_predictor
-        from cvkit.runtime.predictors import PROPOSALS
 
         self.runtime = load_predictor(path, providers)
-        if PROPOSALS in self.runtime.model.extra_inputs:
-            raise ConfigError(
-                f"{path}: this export (Fast R-CNN) takes its selective-search proposals as a "
-                "second input, which cvkit predict does not compute; predict with the .pt "
-                "checkpoint it was exported from (it computes them), or from Python with "
-                "cvkit.runtime.Detector(path).predict(images, proposals=[boxes [P, 4] xyxy "
-                "pixels per image])"
-            )
         self.classes: list[str] = list(self.runtime.classes)
         self.batch_size = self.runtime.batch_size
 

@@ -285,7 +285,9 @@ class OnnxEvalModel(nn.Module):
     pixels, selected by the runtime predictor's own post-processing (the graph's NMS, or its
     numpy selection for raw candidates; instance masks, when the graph has them, pasted as 0/1
     ``[N, H, W]``); for the others the logits as a tensor. A file with a
-    fixed batch runs in chunks of that size (the last one padded).
+    fixed batch runs in chunks of that size (the last one padded). The graph's inputs after
+    the images come from the predictor too (an exported Fast R-CNN's selective-search
+    proposals, computed on the batch as the torch model computes them in validation).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -300,20 +302,21 @@ class OnnxEvalModel(nn.Module):
         batch = images.detach().cpu().numpy().astype(session.input_dtype)
         static = session.input_shape[0]
         step = static if isinstance(static, int) else len(batch)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        # the identity placement: the predictor's results stay in input pixels
+        identity = [Geometry(size, (1.0, 1.0))] * len(batch)
         outputs: list[dict[str, np.ndarray]] = []
         for start in range(0, len(batch), step):
             chunk = batch[start : start + step]
             padding = step - len(chunk)
             if padding:
                 chunk = np.concatenate([chunk, np.zeros_like(chunk[:1]).repeat(padding, 0)])
-            ran = session.run(chunk)
+            extra = self.predictor._graph_inputs(chunk, None, identity[: step - padding])
+            ran = session.run(chunk, extra)
             outputs.append({name: value[: step - padding] for name, value in ran.items()})
         merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
         if not self.detects:
             return torch.from_numpy(merged[session.output_names[0]].astype(np.float32))
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        # the identity placement: the predictor's results stay in input pixels
-        identity = [Geometry(size, (1.0, 1.0))] * len(batch)
         return [
             Instances(
                 torch.from_numpy(found.boxes),

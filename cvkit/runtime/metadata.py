@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cvkit.runtime.errors import ModelFileError
+from cvkit.selective_search import SearchSettings
 
 RESIZE_POLICIES = ("letterbox", "resize")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,6 +47,10 @@ class ModelMetadata:
         mask_size: detectors with NMS in the graph that segment (Mask R-CNN): the graph also
             returns ``masks [B, K, mask_size, mask_size]`` probabilities in the frame of each
             box; 0: no masks.
+        proposals: detectors whose graph takes a ``proposals`` input (Fast R-CNN): the
+            selective-search settings the model was trained with, so the runtime computes the
+            proposals itself as the checkpoint does; None (files exported before cvkit recorded
+            them): the caller passes the proposals.
         model_name: the cvkit model family (``ssd``, ``classifier`` ...), for information.
         cvkit_version: version of cvkit that exported the file.
     """
@@ -63,6 +68,7 @@ class ModelMetadata:
     max_det: int = 100
     topk_candidates: int | None = None
     mask_size: int = 0
+    proposals: SearchSettings | None = None
     model_name: str = ""
     cvkit_version: str = field(default="")
 
@@ -116,6 +122,11 @@ class ModelMetadata:
         for name in ("classes", "input_size", "mean", "std"):
             if name in values:
                 values[name] = tuple(values[name])
+        if values.get("proposals") is not None:
+            try:
+                values["proposals"] = SearchSettings(**values["proposals"])
+            except (TypeError, ValueError) as exc:
+                raise ModelFileError(f"{source}: metadata 'proposals': {exc}") from None
         try:
             return cls(**values)
         except TypeError as exc:

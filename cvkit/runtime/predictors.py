@@ -23,7 +23,13 @@ from cvkit.runtime.postprocess import (
     segmentation,
     select_detections,
 )
-from cvkit.runtime.preprocess import Geometry, padded_proposals, preprocess
+from cvkit.runtime.preprocess import (
+    Geometry,
+    pad_proposal_rows,
+    padded_proposals,
+    preprocess,
+    search_proposals,
+)
 from cvkit.runtime.results import Classification, Detections, Segmentation
 from cvkit.runtime.session import OnnxModel
 
@@ -126,14 +132,15 @@ class Predictor:
             if padding and isinstance(self.model.input_shape[0], int):
                 batch = np.concatenate([batch, np.zeros_like(batch[:1]).repeat(padding, 0)])
             given = None if per_image is None else per_image[start : start + len(chunk)]
-            extra = self._graph_inputs(given, geometries, len(batch))
+            extra = self._graph_inputs(batch, given, geometries)
             yield self.model.run(batch, extra), geometries
 
     def _graph_inputs(
-        self, per_image: list[Any] | None, geometries: list[Geometry], batch_size: int
+        self, batch: np.ndarray, per_image: list[Any] | None, geometries: list[Geometry]
     ) -> dict[str, np.ndarray]:
-        """The graph's inputs after the images for one chunk (``per_image``: what ``predict``
-        got for those images); none by default."""
+        """The graph's inputs after the images for one chunk: ``batch`` is its network input
+        ``[B, 3, H, W]`` (the first ``len(geometries)`` images real), ``per_image`` what
+        ``predict`` got for those images; none by default."""
         return {}
 
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> Any:
@@ -177,11 +184,13 @@ class Detector(Predictor):
     each detection's mask in its box; it is pasted into the original image
     (:func:`cvkit.runtime.masks.masks_to_original`) as ``Detections.masks``.
 
-    A graph with a ``proposals`` input (Fast R-CNN) classifies and refines boxes the caller
-    proposes: ``predict(images, proposals=...)``. Selective search is not part of the graph
-    (it is no ONNX op); compute the proposals beside it, e.g. with OpenCV's
-    ``cv2.ximgproc.segmentation.createSelectiveSearchSegmentation`` (the ``rcnn`` extra) on
-    the original image.
+    A graph with a ``proposals`` input (Fast R-CNN) classifies and refines proposed boxes.
+    Selective search is no ONNX op, so it runs beside the graph: with the settings the export
+    recorded (``metadata.proposals``), ``predict(images)`` computes the proposals on the
+    network input as the checkpoint does
+    (:func:`cvkit.runtime.preprocess.search_proposals`; OpenCV's contrib build, the ``rcnn``
+    extra); ``predict(images, proposals=...)`` takes the caller's instead, and is the only
+    way for a file exported before the settings were recorded.
     """
 
     def predict(
@@ -197,35 +206,47 @@ class Detector(Predictor):
                 boxes in that image's original pixels (one array for one image, a list for a
                 list); rows of zero width or height are ignored. They are mapped into the
                 network input as the image is and zero-padded
-                (:func:`cvkit.runtime.preprocess.padded_proposals`).
+                (:func:`cvkit.runtime.preprocess.padded_proposals`). None: selective search
+                with the file's settings, when it has them.
 
         Returns:
             One :class:`Detections` for one image, a list for a list.
 
         Raises:
-            InputError: an unreadable image, or proposals missing for a graph that takes them,
-                given to one that does not, or not one ``[P, 4]`` array per image.
+            InputError: an unreadable image, or proposals missing for a graph that takes them
+                and has no selective-search settings, given to one that takes none, or not one
+                ``[P, 4]`` array per image.
+            ConfigError: proposals to compute without OpenCV's contrib build.
         """
-        takes = PROPOSALS in self.model.extra_inputs
-        if takes and proposals is None:
-            raise InputError(
-                f"{self.model.path}: this detector classifies given proposals: pass "
-                "proposals=[P, 4] xyxy original pixels per image (e.g. selective search)"
-            )
-        if proposals is not None and not takes:
+        if proposals is not None and PROPOSALS not in self.model.extra_inputs:
             raise InputError(f"{self.model.path}: this detector takes no proposals")
         return self._predict(images, proposals)
 
     def _graph_inputs(
-        self, per_image: list[Any] | None, geometries: list[Geometry], batch_size: int
+        self, batch: np.ndarray, per_image: list[Any] | None, geometries: list[Geometry]
     ) -> dict[str, np.ndarray]:
-        """``proposals [B, P, 4]`` input pixels when the graph takes them; ``P`` at least
-        ``topk_candidates // C + 1``, the rows the graph was traced to select from."""
-        if per_image is None:
+        """``proposals [B, P, 4]`` input pixels when the graph takes them (the caller's, else
+        computed from ``batch`` with the file's selective-search settings); ``P`` at least
+        ``topk_candidates // C + 1``, the rows the graph was traced to select from.
+
+        Raises:
+            InputError: no proposals given and no settings to compute them.
+        """
+        if PROPOSALS not in self.model.extra_inputs:
             return {}
         meta = self.metadata
         min_rows = (meta.topk_candidates or 0) // len(meta.classes) + 1
-        return {PROPOSALS: padded_proposals(per_image, geometries, batch_size, min_rows)}
+        if per_image is not None:
+            return {PROPOSALS: padded_proposals(per_image, geometries, len(batch), min_rows)}
+        if meta.proposals is None:
+            raise InputError(
+                f"{self.model.path}: this detector classifies given proposals and the file "
+                "records no selective-search settings to compute them (exported by an older "
+                "cvkit; export the .pt again to have them computed): pass proposals=[P, 4] "
+                "xyxy original pixels per image (e.g. selective search)"
+            )
+        found = search_proposals(batch, len(geometries), meta.mean, meta.std, meta.proposals)
+        return {PROPOSALS: pad_proposal_rows(found, len(batch), min_rows)}
 
     def _postprocess(
         self, outputs: dict[str, np.ndarray], geometries: list[Geometry]

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cvkit.geometry import Geometry, fit, normalize
+from cvkit.geometry import Geometry, denormalize, fit, normalize
 from cvkit.runtime.errors import InputError
+from cvkit.selective_search import SearchSettings, selective_search
 
 
 def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, Geometry]:
@@ -83,8 +84,53 @@ def padded_proposals(
             raise InputError(
                 f"proposals of image {index}: expected [P, 4] xyxy pixels, got {list(boxes.shape)}"
             )
-    rows = max(min_rows, 1, *(len(boxes) for boxes in arrays))
+    mapped = [
+        geometry.boxes_to_input(boxes) for boxes, geometry in zip(arrays, geometries, strict=True)
+    ]
+    return pad_proposal_rows(mapped, batch_size, min_rows)
+
+
+def pad_proposal_rows(
+    proposals: Sequence[np.ndarray], batch_size: int, min_rows: int = 1
+) -> np.ndarray:
+    """Per-image ``float32 [P_i, 4]`` xyxy input-pixel boxes → ``float32 [batch_size, P, 4]``,
+    ``P = max(P_i, min_rows, 1)``: each image's boxes first, then zero rows (padding to the
+    graph, as is any box of zero width or height); images past ``len(proposals)`` get padding
+    only."""
+    rows = max(min_rows, 1, *(len(boxes) for boxes in proposals))
     padded = np.zeros((batch_size, rows, 4), dtype=np.float32)
-    for slot, boxes, geometry in zip(padded, arrays, geometries, strict=False):
-        slot[: len(boxes)] = geometry.boxes_to_input(boxes)
+    for slot, boxes in zip(padded, proposals, strict=False):
+        slot[: len(boxes)] = boxes
     return padded
+
+
+def search_proposals(
+    batch: np.ndarray,
+    count: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    options: SearchSettings,
+) -> list[np.ndarray]:
+    """Selective-search proposals of the first ``count`` images of a network batch, on the
+    pixels the checkpoint's Fast R-CNN searches at predict time.
+
+    The torch model un-normalizes its input batch back to ``uint8`` pixels and searches each
+    image's valid region, which for a batch of whole network inputs (``cvkit predict`` and
+    validation on a ``.pt``) is the whole input, letterbox padding included; this does the
+    same with the same arithmetic (:func:`cvkit.geometry.denormalize`), so the proposals are
+    equal.
+
+    Args:
+        batch: ``[B, 3, H, W]`` normalized as :func:`preprocess` returns it (float32 or float16).
+        count: the real images at the front of ``batch`` (the rest pad a static batch).
+        mean, std: the metadata's normalization.
+        options: the metadata's selective-search settings.
+
+    Returns:
+        ``count`` arrays ``float32 [P_i, 4]`` xyxy input pixels.
+
+    Raises:
+        ConfigError: OpenCV lacks the contrib build (``pip install 'cvkit[rcnn]'``).
+    """
+    pixels = denormalize(batch[:count], mean, std)
+    return [selective_search(image, options) for image in pixels]

@@ -328,7 +328,8 @@ def request_tensor(
     if extra:
         raise V2Error(
             f"model inputs {[graph_input.name, *(item.name for item in extra)]}: the V2 endpoint "
-            "serves graphs with one input, the images"
+            "serves graphs with one input, the images; post the image to the model's "
+            "/v1/models/{name}/predict, which computes the other inputs (Fast R-CNN's proposals)"
         )
     expected = graph_input.name
     unknown = [item.name for item in request.inputs if item.name != expected]

@@ -8,6 +8,17 @@ from torchvision.ops import batched_nms
 from cvkit.models.detection.postprocess import select_detections
 from cvkit.structures import ImageBatch, Instances
 
+BLOCK_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith(("torch.", "torchvision")):
+            raise ImportError(f"torch is blocked in this test: {name}")
+sys.meta_path.insert(0, _NoTorch())
+"""
+"""Python source that makes every later ``import torch`` (or torchvision) fail: prepended to
+the code of a subprocess that must run without torch."""
+
 
 class ToyDetector(nn.Module):
     """One anchor per cell of a stride-8 grid, a conv head predicting box deltas and scores.

@@ -21,6 +21,8 @@ from cvkit.errors import ExportError
 from cvkit.export.onnx import export_model
 from cvkit.runtime import Classifier, Detector, InputError, ModelMetadata, OnnxModel, Segmenter
 
+from .conftest import BLOCK_TORCH
+
 DETECT_META = ModelMetadata(
     task="detect",
     classes=("circle", "square", "triangle"),
@@ -254,22 +256,12 @@ def test_simplify_that_changes_results_is_blamed_on_onnxslim(toy_classifier, tmp
     assert not (tmp_path / "s.onnx").exists()
 
 
-_BLOCK_TORCH = """
-import importlib.abc, sys
-class _NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith(("torch.", "torchvision")):
-            raise ImportError(f"torch is blocked in this test: {name}")
-sys.meta_path.insert(0, _NoTorch())
-"""
-
-
 def test_runtime_works_where_importing_torch_fails(toy_detector, tmp_path):
     path = tmp_path / "raw.onnx"
     export_model(toy_detector, path, DETECT_META, ExportConfig(nms=False, dynamic=True))
     images = _images(2)
     np.save(tmp_path / "images.npy", np.stack([images[1], images[1][::-1]]))
-    code = _BLOCK_TORCH + textwrap.dedent(
+    code = BLOCK_TORCH + textwrap.dedent(
         f"""
         import json, numpy as np
         from cvkit.runtime import Detector

@@ -21,6 +21,8 @@ from cvkit.models.detection.proposals import (
     unnormalize,
 )
 from cvkit.ops.iou import box_iou
+from cvkit.runtime.preprocess import preprocess, search_proposals
+from cvkit.selective_search import SearchSettings
 from cvkit.structures import ImageBatch
 
 OPTIONS = ProposalConfig(min_size=4, max_proposals=500)
@@ -145,3 +147,21 @@ def test_proposer_searches_each_images_valid_region(samples):
         np.testing.assert_array_equal(boxes.numpy(), selective_search(crop, OPTIONS))
     proposer(batch)
     assert proposer.cache.computed == 2 and proposer.cache.hits == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_runtime_searches_what_the_proposer_searches(samples, dtype):
+    """The torch-free :func:`search_proposals` (an exported Fast R-CNN's runtime) on a
+    letterboxed batch, float16 as a half-precision export takes it too, gives the proposer's
+    boxes: both search the whole network input, padding included."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pictures = [samples[0].image[:80, :48], samples[1].image[10:50]]
+    batch, _ = preprocess(pictures, (64, 64), "letterbox", mean, std, dtype)
+    settings = SearchSettings.of(OPTIONS)
+    padded = np.concatenate([batch, np.zeros_like(batch[:1])])  # a static batch's padding image
+    found = search_proposals(padded, len(pictures), mean, std, settings)
+    expected = SelectiveSearchProposer(OPTIONS, mean, std)(torch.from_numpy(batch).float())
+    assert len(found) == len(pictures)
+    for boxes, want in zip(found, expected, strict=True):
+        assert len(boxes) > 0
+        np.testing.assert_array_equal(boxes, want.numpy())

@@ -4,6 +4,7 @@ import onnx
 import pytest
 
 from cvkit.runtime import ModelFileError, ModelMetadata, OnnxModel
+from cvkit.selective_search import SearchSettings
 
 from .conftest import write_mean_colour_model
 
@@ -20,6 +21,7 @@ def test_metadata_round_trips_through_props():
         score_threshold=0.25,
         iou_threshold=0.6,
         max_det=7,
+        proposals=SearchSettings("quality", 100, 50, 0.5, 4.0, 300),
         model_name="ssd",
         cvkit_version="9.9",
     )
@@ -46,6 +48,13 @@ def test_file_without_cvkit_metadata_is_rejected_by_name(tmp_path):
         ("resize", '"crop"', "resize"),
         ("classes", "[not json", "not valid JSON"),
         ("classes", "[]", "class list is empty"),
+        ("proposals", '{"mode": "fast"}', "'proposals'.*missing"),
+        (
+            "proposals",
+            '{"mode": "slow", "base_k": 1, "inc_k": 1, "sigma": 1, "min_size": 1, '
+            '"max_proposals": 1}',
+            "'proposals'.*'slow'",
+        ),
     ],
 )
 def test_bad_metadata_values_name_the_key(key, value, message):
@@ -53,3 +62,10 @@ def test_bad_metadata_values_name_the_key(key, value, message):
     props[key] = value
     with pytest.raises(ModelFileError, match=message):
         ModelMetadata.from_props(props)
+
+
+def test_metadata_of_an_older_export_has_no_proposal_settings():
+    props = ModelMetadata(task="detect", classes=("a",), input_size=(8, 8)).to_props()
+    assert props["proposals"] == "null"
+    del props["proposals"]
+    assert ModelMetadata.from_props(props).proposals is None

@@ -162,13 +162,16 @@ class Task:
     def export_metadata(cls, config: Config, classes: list[str]) -> ModelMetadata:
         """What an ``.onnx`` of a model trained with ``config`` carries: this task's name,
         ``classes``, the eval preset (``data.image_size``, ``data.resize``,
-        ``data.mean``/``data.std``) and the ``eval:`` thresholds; ``topk_candidates`` comes from
-        the model's own section (``model.<name>``) when it has one."""
+        ``data.mean``/``data.std``) and the ``eval:`` thresholds; ``topk_candidates`` and the
+        selective-search settings (``proposals``, of R-CNN and Fast R-CNN) come from the model's
+        own section (``model.<name>``) when it has them."""
         from cvkit import __version__
         from cvkit.runtime.metadata import ModelMetadata
+        from cvkit.selective_search import SearchSettings
 
         size = config.data.image_size
         own_section = getattr(config.model, config.model.name, None)
+        proposals = getattr(own_section, "proposals", None)
         return ModelMetadata(
             task=cls.name,
             classes=tuple(classes),
@@ -181,6 +184,7 @@ class Task:
             iou_threshold=config.eval.iou_threshold,
             max_det=config.eval.max_det,
             topk_candidates=getattr(own_section, "topk_candidates", None),
+            proposals=None if proposals is None else SearchSettings.of(proposals),
             model_name=config.model.name,
             cvkit_version=__version__,
         )

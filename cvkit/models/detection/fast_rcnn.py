@@ -177,8 +177,9 @@ class FastRCNN(ProposalDetector):
         float32 [B, P, 4]``, xyxy input pixels, each image's real boxes first and rows of zero
         width or height as padding (:func:`padded_input`), batch and ``P`` dynamic.
 
-        Selective search is no graph op, so the caller computes the proposals
-        (:class:`cvkit.runtime.Detector` takes them as ``predict(images, proposals=...)``).
+        Selective search is no graph op, so it runs beside the graph: the export records its
+        settings and :class:`cvkit.runtime.Detector` computes the proposals as this model does
+        (or takes the caller's as ``predict(images, proposals=...)``).
         The example has ``P = topk_candidates // num_classes + 1`` rows, so that the traced
         graph keeps the best ``topk_candidates`` (proposal, class) pairs as the eager model
         does (a caller pads its proposals to at least that many rows), and fewer real ones

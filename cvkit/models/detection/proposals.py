@@ -1,11 +1,9 @@
 """Selective-search region proposals (OpenCV ximgproc) for R-CNN and Fast R-CNN, computed once.
 
-:func:`selective_search` wraps OpenCV's ``createSelectiveSearchSegmentation`` (the contrib
+:func:`~cvkit.selective_search.selective_search` (torch-free, shared with the runtime that
+runs an exported Fast R-CNN) wraps OpenCV's ``createSelectiveSearchSegmentation`` (the contrib
 build: ``pip install 'cvkit[rcnn]'``) and returns ``float32 [P, 4]`` ``(x1, y1, x2, y2)`` boxes
-in the image's pixels. OpenCV ranks its regions with a random number per call, so the same
-image gives the same set of boxes in a different order each time; cvkit returns the set in a
-fixed (sorted) order, and when it holds more than ``max_proposals`` boxes it keeps a random
-subset drawn from a generator seeded by the image itself, so proposals are reproducible.
+in the image's pixels, in a fixed order and reproducibly.
 
 :class:`ProposalCache` keeps them per image content (a BLAKE2 digest of the pixels and their
 shape) and settings, in memory and optionally as ``.npy`` files, so a training run computes
@@ -31,70 +29,12 @@ from torch import Tensor
 from cvkit.config import Config
 from cvkit.config.eval import EvalConfig
 from cvkit.config.model import ProposalConfig
-from cvkit.errors import ConfigError, ExportError
-from cvkit.geometry import normalization
+from cvkit.errors import ExportError
+from cvkit.geometry import denormalize
 from cvkit.models.backbones import Backbone
 from cvkit.models.detection.base import Detector
+from cvkit.selective_search import selective_search
 from cvkit.structures import ImageBatch, Instances, Target
-
-INSTALL_HINT = "pip install 'cvkit[rcnn]' (opencv-contrib-python-headless)"
-
-
-def _segmentation_module():
-    """``cv2.ximgproc.segmentation``, or a :class:`ConfigError` saying how to install it."""
-    import cv2
-
-    ximgproc = getattr(cv2, "ximgproc", None)
-    if ximgproc is None:
-        raise ConfigError(
-            f"selective search needs OpenCV's contrib build (cv2.ximgproc), which cv2 "
-            f"{cv2.__version__} lacks: {INSTALL_HINT} at the version of opencv-python-headless"
-        )
-    return ximgproc.segmentation
-
-
-def selective_search(image: np.ndarray, options: ProposalConfig | None = None) -> np.ndarray:
-    """Selective-search boxes of one image.
-
-    Args:
-        image: ``uint8 [H, W, 3]`` RGB.
-        options: strategy, segmentation parameters, ``min_size`` and ``max_proposals``.
-
-    Returns:
-        ``float32 [P, 4]`` ``(x1, y1, x2, y2)`` pixels within ``[0, W] x [0, H]``, unique,
-        sorted by ``(x1, y1, x2, y2)``, each side at least ``min_size``; ``P <=
-        max_proposals``.
-
-    Raises:
-        ValueError: ``image`` is not ``uint8 [H, W, 3]``.
-        ConfigError: OpenCV has no ximgproc module (install the contrib build).
-    """
-    options = options or ProposalConfig()
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"selective_search expects a uint8 [H, W, 3] RGB image, got {image.dtype} "
-            f"{tuple(image.shape)}"
-        )
-    search = _segmentation_module().createSelectiveSearchSegmentation()
-    # OpenCV's strategies are tuned on its BGR channel order.
-    search.setBaseImage(np.ascontiguousarray(image[..., ::-1]))
-    if options.mode == "fast":
-        search.switchToSelectiveSearchFast(options.base_k, options.inc_k, options.sigma)
-    elif options.mode == "quality":
-        search.switchToSelectiveSearchQuality(options.base_k, options.inc_k, options.sigma)
-    else:
-        search.switchToSingleStrategy(options.base_k, options.sigma)
-    rects = search.process().reshape(-1, 4).astype(np.float32)
-    boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
-    height, width = image.shape[:2]
-    boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-    sides = boxes[:, 2:] - boxes[:, :2]
-    boxes = np.unique(boxes[(sides >= options.min_size).all(axis=1)], axis=0)
-    if len(boxes) > options.max_proposals:
-        seed = int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little")
-        keep = np.random.default_rng(seed).choice(len(boxes), options.max_proposals, replace=False)
-        boxes = boxes[np.sort(keep)]
-    return boxes.reshape(-1, 4)
 
 
 class ProposalCache:
@@ -165,12 +105,9 @@ def unnormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     """``float [B, 3, H, W]`` normalized as the loader does → ``uint8 [B, H, W, 3]`` RGB.
 
     The inverse of ``(pixel - 255 * mean) / (255 * std)``, rounded, so the loader's pixels come
-    back exactly.
+    back exactly (:func:`cvkit.geometry.denormalize`, which the runtime uses too).
     """
-    mean_array, inv_std = normalization(mean, std)
-    pixels = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    pixels = pixels / inv_std + mean_array
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return denormalize(images.detach().float().cpu().numpy(), mean, std)
 
 
 class SelectiveSearchProposer:

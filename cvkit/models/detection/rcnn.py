@@ -45,16 +45,13 @@ from cvkit.logs import get_logger
 from cvkit.models.backbones import Backbone
 from cvkit.models.build import register_model
 from cvkit.models.detection.fast_rcnn import pad_proposals
-from cvkit.models.detection.proposals import (
-    INSTALL_HINT,
-    ProposalDetector,
-    SelectiveSearchProposer,
-)
+from cvkit.models.detection.proposals import ProposalDetector, SelectiveSearchProposer
 from cvkit.models.detection.roi_heads import MIN_BOX_SIZE
 from cvkit.models.detection.rpn import clip_per_image, match_and_sample
 from cvkit.ops.coder import decode_boxes, encode_boxes
 from cvkit.ops.iou import box_iou
 from cvkit.ops.roi import boxes_to_rois
+from cvkit.selective_search import INSTALL_HINT
 from cvkit.structures import ImageBatch, Instances, Target
 
 logger = get_logger("rcnn")
