@@ -35,7 +35,7 @@ from cvkit.config.export import ExportConfig
 from cvkit.engine.commands import run_training
 from cvkit.engine.tasks import get_task
 from cvkit.export.commands import export_checkpoint
-from cvkit.export.quantize import evaluate_onnx, export_reduced, gate_metric
+from cvkit.export.quantize import evaluate_weights, export_reduced, gate_metric
 from cvkit.logs import setup_logging
 from cvkit.runtime import load_predictor
 from cvkit.runtime.preprocess import preprocess
@@ -102,7 +102,8 @@ def bench_model(name: str, folder: Path, iterations: int) -> dict:
     dynamic = ExportConfig(**{**config.export.model_dump(), "dynamic": True})
     paths = {"fp32": export_checkpoint(run.best, folder / f"{name}_fp32.onnx", dynamic).path}
     metric = gate_metric(config.task)
-    values = {"fp32": float(evaluate_onnx(paths["fp32"], config)[metric])}
+    task = get_task(config.task)(config)
+    values = {"fp32": float(evaluate_weights(paths["fp32"], task)[0][metric])}
     reduced = {
         "fp16": export_reduced(
             run.best, folder / f"{name}_fp16.onnx", dynamic.model_copy(update={"half": True})
@@ -111,7 +112,6 @@ def bench_model(name: str, folder: Path, iterations: int) -> dict:
     }
     for precision, result in reduced.items():
         paths[precision], values[precision] = result.path, result.value
-    task = get_task(config.task)(config)
     records = task.build_dataset("val").records
     images = [sample.load_image() for sample in records.samples[:8]]
     predictors = [load_predictor(paths[p], "cpu", threads=THREADS) for p in paths]

@@ -38,7 +38,6 @@ from cvkit.config import Config, load_config
 from cvkit.engine import distributed
 from cvkit.engine.callbacks import Callback
 from cvkit.engine.callbacks.builtin import AdaptThreads
-from cvkit.engine.checkpoint import load_checkpoint
 from cvkit.engine.environment import (
     available_cpus,
     configure_threads,
@@ -48,9 +47,8 @@ from cvkit.engine.environment import (
 from cvkit.engine.rundir import RunDir, create_run_dir
 from cvkit.engine.tasks import Task, get_task
 from cvkit.engine.trainer import Trainer
-from cvkit.errors import CheckpointError, ConfigError, CvkitError, DatasetError
+from cvkit.errors import ConfigError, CvkitError, DatasetError
 from cvkit.logs import get_logger, setup_logging
-from cvkit.models.loading import load_model
 from cvkit.resources import keep_freed_memory
 
 logger = get_logger("commands")
@@ -206,29 +204,14 @@ def evaluate(args: argparse.Namespace) -> int:
     configure_threads(config.train.threads)
     task = get_task(config.task)(config)
     options = {**_eval_plots(task, args), **_eval_detections(task, args)}
-    if str(args.weights).lower().endswith(".onnx"):
-        from cvkit.export.quantize import OnnxEvalModel
+    exported = str(args.weights).lower().endswith(".onnx")
+    device = None if exported else select_device(config.device)
+    label = f"{args.weights} (onnxruntime)" if exported else str(args.weights)
+    from cvkit.export.quantize import evaluate_weights
 
-        model = OnnxEvalModel(args.weights, config.train.threads)
-        classes, device, origin = list(model.metadata.classes), torch.device("cpu"), "exported"
-        label = f"{args.weights} (onnxruntime)"
-    else:
-        device = select_device(config.device)
-        checkpoint = load_checkpoint(args.weights, device)
-        model = load_model(checkpoint, device, args.weights)
-        classes, origin, label = list(checkpoint["classes"]), "trained", str(args.weights)
-    val_set = task.build_dataset("val")
-    if list(val_set.classes) != classes:
-        raise CheckpointError(
-            f"{args.weights}: {origin} for classes {classes}, but the val split has "
-            f"{list(val_set.classes)}"
-        )
     start = time.perf_counter()
-    with torch.no_grad():
-        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device, **options)
-    print(
-        f"cvkit eval: {label} on {len(val_set)} images in {_duration(time.perf_counter() - start)}"
-    )
+    metrics, images = evaluate_weights(args.weights, task, device, **options)
+    print(f"cvkit eval: {label} on {images} images in {_duration(time.perf_counter() - start)}")
     print(format_metrics(task, metrics))
     if "plots" in options:
         print(f"plots: {options['plots']}")

@@ -10,7 +10,7 @@ score activations, top-k and NMS never see quantized inputs (quantizing YOLO/SSD
 collapses mAP to zero, onnxruntime #10787, #14233).
 
 Every reduced-precision file is then scored on the validation split through the runtime
-(:func:`evaluate_onnx`, the task's own metric code) next to the float checkpoint; both numbers go
+(:func:`evaluate_weights`, the task's own metric code) next to the float checkpoint; both numbers go
 into the file's metadata (``accuracy``) and the log, and :func:`export_reduced` refuses a file
 whose drop exceeds ``max_drop`` (nothing is left at the output path).
 """
@@ -34,8 +34,8 @@ from torch import nn
 
 from cvkit.config import Config
 from cvkit.config.export import ExportConfig
-from cvkit.engine.tasks import get_task
-from cvkit.errors import ConfigError, ExportError
+from cvkit.engine.tasks import Task, get_task
+from cvkit.errors import CheckpointError, ConfigError, ExportError
 from cvkit.images import ImageSource, read_image
 from cvkit.logs import get_logger
 from cvkit.runtime.metadata import ModelMetadata
@@ -329,42 +329,45 @@ class OnnxEvalModel(nn.Module):
         ]
 
 
-def evaluate_onnx(
-    path: str | Path, config: Config, plots: str | Path | None = None
-) -> dict[str, float]:
-    """Score the exported file ``path`` on ``config``'s val split with the task's ``evaluate``
-    (the metric code ``cvkit eval`` uses for a ``.pt``), running it through onnxruntime.
+def evaluate_weights(
+    weights: str | Path, task: Task, device: torch.device | None = None, **options: Any
+) -> tuple[dict[str, float], int]:
+    """Score a checkpoint or an exported file on the task config's val split with the task's
+    ``evaluate``: one metric code for both, so their numbers compare.
+
+    Args:
+        weights: a ``.pt`` checkpoint (run by torch on ``device``, default the CPU) or an
+            exported ``.onnx`` (run by onnxruntime on the CPU).
+        task: the task (with its config) whose val split and metrics score it.
+        device: where a checkpoint runs.
+        options: passed on to the task's ``evaluate`` (e.g. ``plots``, ``detections``).
+
+    Returns:
+        The metrics and the number of val images scored.
 
     Raises:
-        ExportError: the file's classes differ from the val split's.
+        CheckpointError: the weights' classes differ from the val split's.
     """
-    model = OnnxEvalModel(path, config.train.threads)
-    task = get_task(config.task)(config)
-    val_set = task.build_dataset("val")
-    if list(val_set.classes) != list(model.metadata.classes):
-        raise ExportError(
-            f"{path}: exported for classes {list(model.metadata.classes)}, but the val split "
-            f"has {list(val_set.classes)}"
-        )
-    extra = {"plots": plots} if plots is not None else {}
-    with torch.no_grad():
-        return task.evaluate(
-            model, task.build_loader(val_set, train=False), torch.device("cpu"), **extra
-        )
-
-
-def evaluate_checkpoint(weights: str | Path, config: Config) -> dict[str, float]:
-    """Score the ``.pt`` checkpoint ``weights`` on ``config``'s val split (CPU, torch)."""
     from cvkit.engine.checkpoint import load_checkpoint
     from cvkit.models.loading import load_model
 
-    device = torch.device("cpu")
-    model = load_model(load_checkpoint(weights, device), device, weights).eval()
-    task = get_task(config.task)(config)
-    with torch.no_grad():
-        return task.evaluate(
-            model, task.build_loader(task.build_dataset("val"), train=False), device
+    if str(weights).lower().endswith(".onnx"):
+        model: Any = OnnxEvalModel(weights, task.config.train.threads)
+        classes, device, origin = list(model.metadata.classes), torch.device("cpu"), "exported"
+    else:
+        device = device or torch.device("cpu")
+        checkpoint = load_checkpoint(weights, device)
+        model = load_model(checkpoint, device, weights).eval()
+        classes, origin = list(checkpoint["classes"]), "trained"
+    val_set = task.build_dataset("val")
+    if list(val_set.classes) != classes:
+        raise CheckpointError(
+            f"{weights}: {origin} for classes {classes}, but the val split has "
+            f"{list(val_set.classes)}"
         )
+    with torch.no_grad():
+        metrics = task.evaluate(model, task.build_loader(val_set, train=False), device, **options)
+    return metrics, len(val_set)
 
 
 def gate_metric(task_name: str) -> str:
@@ -440,8 +443,9 @@ def export_reduced(
             quantize_int8(candidate, quantized, images, int8_mode)
             candidate = quantized
         metric = gate_metric(config.task)
-        float_value = float(evaluate_checkpoint(weights, config)[metric])
-        value = float(evaluate_onnx(candidate, config)[metric])
+        task = get_task(config.task)(config)
+        float_value = float(evaluate_weights(weights, task)[0][metric])
+        value = float(evaluate_weights(candidate, task)[0][metric])
         drop = float_value - value
         logger.info(
             "%s export: val %s %.4f (float checkpoint) vs %.4f (%s), drop %.4f",
