@@ -24,7 +24,7 @@ from cvkit.data.visualize import COLOURS, draw_detections
 from cvkit.errors import DatasetError, ImageError
 from cvkit.images import IMAGE_SUFFIXES, read_image
 from cvkit.logs import get_logger
-from cvkit.runtime.results import Classification, Detections
+from cvkit.runtime.results import Classification, Detections, category_ids_of
 
 DEFAULT_SCORE_THRESHOLD = 0.3
 
@@ -81,6 +81,7 @@ class CheckpointModel:
         config = Config.model_validate(checkpoint["config"])
         self.config = config
         self.classes: list[str] = list(checkpoint["classes"])
+        self.category_ids: list[int] | None = checkpoint.get("category_ids")
         self.batch_size = batch_size
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Any]:
@@ -143,6 +144,7 @@ class CheckpointDetector(CheckpointModel):
                     [self.classes[label] for label in labels],
                     masks,
                     orig_size=image.shape[:2],
+                    category_ids=category_ids_of(labels, self.category_ids),
                 )
             )
         return predictions
@@ -200,7 +202,8 @@ class CheckpointClassifier(CheckpointModel):
 
 def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]) -> dict[str, Any]:
     """One image's entry of ``predictions.json``; each detection of a model with masks also
-    has ``mask``: compressed COCO RLE (``counts`` str, ``size`` ``[H, W]``) in original pixels."""
+    has ``mask``: compressed COCO RLE (``counts`` str, ``size`` ``[H, W]``) in original pixels,
+    and of a model trained on a COCO set ``category_id``: the dataset's id of its class."""
     detections = [
         {
             "box": [round(float(v), 2) for v in box],
@@ -212,6 +215,9 @@ def prediction_record(path: Path, prediction: Detections, classes: Sequence[str]
             prediction.boxes, prediction.scores, prediction.labels, strict=True
         )
     ]
+    if prediction.category_ids is not None:
+        for detection, category_id in zip(detections, prediction.category_ids, strict=True):
+            detection["category_id"] = int(category_id)
     if prediction.masks is not None:
         from cvkit.eval.coco import mask_rles
 
@@ -272,9 +278,11 @@ class PredictionWriter(OutputFolder):
     """Writes ``<out>/<image stem>.png`` (detections drawn) per image and ``predictions.json``.
 
     The JSON is a list with one entry per image: ``{"image": path, "detections": [{"box":
-    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels; with
-    masks, each detection adds ``mask`` (RLE, :func:`prediction_record`) and the drawing blends
-    each instance's mask in its own colour. An unreadable image gets ``{"image": path,
+    [x1, y1, x2, y2], "score", "label", "class"}, ...]}``, boxes in original image pixels; a
+    model trained on a COCO set adds each detection's dataset ``category_id`` (absent for
+    datasets without ids: YOLO, VOC, synthetic); with masks, each detection adds ``mask`` (RLE,
+    :func:`prediction_record`) and the drawing blends each instance's mask in its own
+    colour. An unreadable image gets ``{"image": path,
     "error": reason}`` (:meth:`OutputFolder.skip`) and no drawing.
 
     Args:

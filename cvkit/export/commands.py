@@ -32,7 +32,9 @@ def export_checkpoint(
     model = load_model(checkpoint, source=weights)
     config = Config.model_validate(checkpoint["config"])
     options = options or config.export
-    metadata = metadata_from_config(config, list(checkpoint["classes"]))
+    metadata = metadata_from_config(
+        config, list(checkpoint["classes"]), checkpoint.get("category_ids")
+    )
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
     return export_model(model, out, metadata, options)
 

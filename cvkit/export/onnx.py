@@ -203,11 +203,18 @@ class ExportResult:
     differences: dict[str, float]
 
 
-def metadata_from_config(config: Config, classes: list[str]) -> ModelMetadata:
+def metadata_from_config(
+    config: Config, classes: list[str], category_ids: list[int] | None = None
+) -> ModelMetadata:
     """The metadata of a model trained with ``config`` (its task's
     :meth:`~cvkit.engine.tasks.Task.export_metadata`: task, classes, the eval preset,
-    detection thresholds). :func:`export_model` sets ``nms_in_graph`` from its options."""
-    return get_task(config.task).export_metadata(config, classes)
+    detection thresholds) and the COCO ``category_ids`` of its classes (the checkpoint's;
+    None: its dataset had none). :func:`export_model` sets ``nms_in_graph`` from its
+    options."""
+    metadata = get_task(config.task).export_metadata(config, classes)
+    if category_ids is None:
+        return metadata
+    return dataclasses.replace(metadata, category_ids=tuple(int(i) for i in category_ids))
 
 
 def build_graph(model: nn.Module, metadata: ModelMetadata, options: ExportConfig) -> nn.Module:

@@ -31,6 +31,9 @@ class ModelMetadata:
             ``classify``, ``segment`` or any name given to
             :func:`cvkit.runtime.predictors.register_predictor`).
         classes: class names; output index ``i`` is ``classes[i]``.
+        category_ids: the dataset's COCO ``category_id`` of each class (``category_ids[i]`` is
+            class ``i``'s), for a model trained on a COCO set; None: the dataset had none
+            (YOLO, VOC, synthetic) or the file was exported before cvkit recorded them.
         input_size: ``(height, width)`` of the network input in pixels.
         mean, std: per-channel RGB normalization on the 0..1 scale:
             ``input = (pixel / 255 - mean) / std``.
@@ -58,6 +61,7 @@ class ModelMetadata:
     task: str
     classes: tuple[str, ...]
     input_size: tuple[int, int]
+    category_ids: tuple[int, ...] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "letterbox"
@@ -90,6 +94,11 @@ class ModelMetadata:
             raise ModelFileError(f"metadata 'mean'/'std': bad values {self.mean} / {self.std}")
         if not self.classes:
             raise ModelFileError("metadata 'classes': the class list is empty")
+        if self.category_ids is not None and len(self.category_ids) != len(self.classes):
+            raise ModelFileError(
+                f"metadata 'category_ids': {len(self.category_ids)} ids for "
+                f"{len(self.classes)} classes"
+            )
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries: every field, JSON-encoded, under its own name."""
@@ -119,8 +128,8 @@ class ModelMetadata:
                 raise ModelFileError(
                     f"{source}: metadata {name!r} is not valid JSON: {props[name]!r}"
                 ) from None
-        for name in ("classes", "input_size", "mean", "std"):
-            if name in values:
+        for name in ("classes", "input_size", "mean", "std", "category_ids"):
+            if values.get(name) is not None:
                 values[name] = tuple(values[name])
         if values.get("proposals") is not None:
             try:

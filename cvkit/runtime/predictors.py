@@ -30,7 +30,7 @@ from cvkit.runtime.preprocess import (
     preprocess,
     search_proposals,
 )
-from cvkit.runtime.results import Classification, Detections, Segmentation
+from cvkit.runtime.results import Classification, Detections, Segmentation, category_ids_of
 from cvkit.runtime.session import OnnxModel
 
 _PREDICTORS: dict[str, type[Predictor]] = {}
@@ -281,6 +281,7 @@ class Detector(Predictor):
                     [self.classes[label] for label in labels],
                     masks=masks,
                     orig_size=geometry.orig_size,
+                    category_ids=category_ids_of(labels, meta.category_ids),
                 )
             )
         return results

@@ -58,6 +58,9 @@ class Detections(Result):
         names: the class name of each detection (``names[i]`` is ``labels[i]``'s).
         masks: optional ``bool [N, H, W]`` instance masks at the original size.
         orig_size: ``(h, w)`` of the original image (None: unknown).
+        category_ids: optional ``int64 [N]``: the dataset's COCO ``category_id`` of each
+            detection (:func:`category_ids_of`), when the model was trained on a COCO set;
+            None: the model knows no category ids.
     """
 
     boxes: np.ndarray
@@ -66,6 +69,7 @@ class Detections(Result):
     names: Sequence[str]
     masks: np.ndarray | None = None
     orig_size: tuple[int, int] | None = None
+    category_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -74,6 +78,7 @@ class Detections(Result):
         """Only the detections scoring at least ``score_threshold``."""
         keep = self.scores >= score_threshold
         masks = None if self.masks is None else self.masks[keep]
+        category_ids = None if self.category_ids is None else self.category_ids[keep]
         return Detections(
             self.boxes[keep],
             self.scores[keep],
@@ -81,17 +86,21 @@ class Detections(Result):
             [name for name, kept in zip(self.names, keep, strict=True) if kept],
             masks,
             self.orig_size,
+            category_ids,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready lists: ``boxes``, ``scores``, ``labels`` and ``names`` (of each
-        detection)."""
-        return {
+        detection), and ``category_ids`` only when they are known."""
+        body: dict[str, Any] = {
             "boxes": self.boxes.tolist(),
             "scores": self.scores.tolist(),
             "labels": self.labels.tolist(),
             "names": list(self.names),
         }
+        if self.category_ids is not None:
+            body["category_ids"] = self.category_ids.tolist()
+        return body
 
     def draw(self, image: np.ndarray) -> np.ndarray:
         """Boxes, class names and scores (and masks, if any) drawn onto ``image``."""
@@ -178,6 +187,15 @@ class Segmentation(Result):
     def draw(self, image: np.ndarray) -> np.ndarray:
         """:func:`overlay_mask` of :attr:`mask` on ``image``."""
         return overlay_mask(image, self.mask)
+
+
+def category_ids_of(labels: np.ndarray, category_ids: Sequence[int] | None) -> np.ndarray | None:
+    """The COCO ``category_id`` of each label: ``int64 [N]`` of ``category_ids[labels[i]]``
+    (``labels`` ``int [N]`` in ``0..C-1``, ``category_ids`` one id per class); None when
+    ``category_ids`` is None."""
+    if category_ids is None:
+        return None
+    return np.asarray(category_ids, np.int64)[np.asarray(labels, np.int64)]
 
 
 def class_colour(label: int) -> np.ndarray:

@@ -14,8 +14,9 @@ Routes (errors are ``{"error": "..."}`` with the status named):
   400 (models load at start);
 - ``GET /v1/models``, ``/v1/models/{name}``: the served models and their cvkit metadata;
 - ``POST /v1/models/{name}/predict``: a JPEG/PNG as the raw body or a multipart ``file``;
-  returns the typed result's JSON (boxes in original pixels, labels, names, scores; masks as
-  RLE; class probabilities; a segmentation's mask as PNG or RLE);
+  returns the typed result's JSON (boxes in original pixels, labels, names, scores, COCO
+  category ids when the model has them; masks as RLE; class probabilities; a segmentation's
+  mask as PNG or RLE);
 - ``GET /metrics``: Prometheus text format (:mod:`cvkit.serve.metrics`).
 
 Unknown models get 404, bodies over the limit 413, undecodable images 400 with the reason, and

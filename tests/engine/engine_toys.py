@@ -5,6 +5,9 @@ They follow the loader and Task contracts without needing cvkit.data or cvkit.mo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -248,3 +251,22 @@ def detect_trainer(config, task, folder, callbacks=(), model_seed=0):
         device=torch.device("cpu"),
         callbacks=list(callbacks),
     )
+
+
+COCO_CATEGORY_IDS = {1: 1, 2: 3, 3: 90}
+"""Synthetic category ids 1..3 → COCO-like ids with gaps (:func:`renumber_coco`)."""
+
+
+def renumber_coco(json_path: Path) -> None:
+    """Give a synthetic COCO split's categories the ids 1, 3, 90 and its images ids 10, 17,
+    24, ... (rewrites ``json_path``)."""
+    data = json.loads(json_path.read_text())
+    image_ids = {image["id"]: 10 + 7 * index for index, image in enumerate(data["images"])}
+    for image in data["images"]:
+        image["id"] = image_ids[image["id"]]
+    for category in data["categories"]:
+        category["id"] = COCO_CATEGORY_IDS[category["id"]]
+    for annotation in data["annotations"]:
+        annotation["image_id"] = image_ids[annotation["image_id"]]
+        annotation["category_id"] = COCO_CATEGORY_IDS[annotation["category_id"]]
+    json_path.write_text(json.dumps(data))

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from engine_toys import COCO_CATEGORY_IDS, renumber_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -18,22 +19,7 @@ from cvkit.data.synthetic import annotation_path, write_synthetic
 from cvkit.logs import setup_logging
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-CATEGORY_IDS = {1: 1, 2: 3, 3: 90}  # synthetic 1..3 -> COCO-like ids with gaps
 STATS_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
-
-
-def _renumber(json_path: Path) -> None:
-    """Give the split's categories the ids 1, 3, 90 and its images ids 10, 17, 24, ..."""
-    data = json.loads(json_path.read_text())
-    image_ids = {image["id"]: 10 + 7 * index for index, image in enumerate(data["images"])}
-    for image in data["images"]:
-        image["id"] = image_ids[image["id"]]
-    for category in data["categories"]:
-        category["id"] = CATEGORY_IDS[category["id"]]
-    for annotation in data["annotations"]:
-        annotation["image_id"] = image_ids[annotation["image_id"]]
-        annotation["category_id"] = CATEGORY_IDS[annotation["category_id"]]
-    json_path.write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def dataset(tmp_path_factory) -> Path:
     """A small synthetic COCO set (8 images of 64 px, its train split) with renumbered ids; the
     tests train on it and score on it too, so that the tiny models reach an mAP above 0."""
     root = write_synthetic(tmp_path_factory.mktemp("coco"), num_train=8, num_val=1, image_size=64)
-    _renumber(annotation_path(root, "train"))
+    renumber_coco(annotation_path(root, "train"))
     return root
 
 
@@ -116,7 +102,7 @@ def test_box_detections_file_scores_like_cvkit_eval(dataset, tmp_path):
         records = json.loads(detections.read_text())
         assert records, "the tiny model should detect something"
         assert {r["image_id"] for r in records} <= image_ids
-        assert {r["category_id"] for r in records} <= set(CATEGORY_IDS.values())
+        assert {r["category_id"] for r in records} <= set(COCO_CATEGORY_IDS.values())
         assert all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in records)
         reported = json.loads(metrics.read_text())
         assert reported["mAP50"] > 0

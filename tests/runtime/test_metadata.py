@@ -14,6 +14,7 @@ def test_metadata_round_trips_through_props():
         task="detect",
         classes=("cat", "dog, big", 'say "hi"'),
         input_size=(320, 256),
+        category_ids=(1, 3, 90),
         mean=(0.5, 0.4, 0.3),
         std=(0.2, 0.25, 0.3),
         resize="resize",
@@ -48,6 +49,7 @@ def test_file_without_cvkit_metadata_is_rejected_by_name(tmp_path):
         ("resize", '"crop"', "resize"),
         ("classes", "[not json", "not valid JSON"),
         ("classes", "[]", "class list is empty"),
+        ("category_ids", "[1, 3]", "'category_ids': 2 ids for 1 classes"),
         ("proposals", '{"mode": "fast"}', "'proposals'.*missing"),
         (
             "proposals",
@@ -69,3 +71,10 @@ def test_metadata_of_an_older_export_has_no_proposal_settings():
     assert props["proposals"] == "null"
     del props["proposals"]
     assert ModelMetadata.from_props(props).proposals is None
+
+
+def test_metadata_of_an_older_export_has_no_category_ids():
+    props = ModelMetadata(task="detect", classes=("a",), input_size=(8, 8)).to_props()
+    assert props["category_ids"] == "null"
+    del props["category_ids"]
+    assert ModelMetadata.from_props(props).category_ids is None

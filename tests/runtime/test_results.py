@@ -8,7 +8,7 @@ import pytest
 
 from cvkit.runtime import ModelFileError, ModelMetadata, Predictor, register_predictor
 from cvkit.runtime.predictors import registered_tasks
-from cvkit.runtime.results import Classification, Detections, Segmentation
+from cvkit.runtime.results import Classification, Detections, Segmentation, category_ids_of
 
 
 def test_results_are_json_ready_and_draw_onto_their_image(tmp_path):
@@ -34,6 +34,20 @@ def test_results_are_json_ready_and_draw_onto_their_image(tmp_path):
         assert not np.array_equal(drawn, image)
         path = result.save(tmp_path / f"{type(result).__name__}.png", image)
         assert cv2.imread(str(path)).shape == shape
+
+
+def test_category_ids_follow_their_detections_into_json():
+    labels = np.array([2, 0, 2, 1])
+    ids = category_ids_of(labels, [1, 3, 90])
+    np.testing.assert_array_equal(ids, [90, 1, 90, 3])
+    assert category_ids_of(labels, None) is None
+    boxes = np.tile(np.array([[0, 0, 4, 4]], np.float32), (4, 1))
+    scores = np.array([0.9, 0.8, 0.4, 0.2], np.float32)
+    names = ["c", "a", "c", "b"]
+    with_ids = Detections(boxes, scores, labels, names, category_ids=ids)
+    body = with_ids.above(0.3).to_dict()
+    assert body["labels"] == [2, 0, 2] and body["category_ids"] == [90, 1, 90]
+    assert "category_ids" not in Detections(boxes, scores, labels, names).above(0.3).to_dict()
 
 
 def test_an_unknown_task_names_itself_and_a_registered_one_is_accepted():
