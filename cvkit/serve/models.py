@@ -10,21 +10,69 @@ V2 batch waits the delay as Triton's does (its body is read and parsed before it
 queue, so there is nothing to watch). A model whose graph has a fixed batch size (the batch
 axis of its input is a number) is not batched: each request runs alone (images padded to the
 graph's batch by the predictor).
+
+A detector whose graph takes proposals and whose file records selective-search settings (an
+exported Fast R-CNN) has its proposals computed for every uploaded image, which needs OpenCV's
+contrib build: without it the server refuses to start (:func:`check_proposal_search`), as it
+would otherwise start and fail every image request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cvkit.errors import ConfigError
 from cvkit.runtime import load_predictor
+from cvkit.runtime.metadata import ModelMetadata
+from cvkit.runtime.predictors import PROPOSALS
 from cvkit.runtime.results import Result
+from cvkit.runtime.session import OnnxModel
+from cvkit.selective_search import segmentation_module
 from cvkit.serve.batcher import DynamicBatcher
 from cvkit.serve.metrics import ServeMetrics
 from cvkit.serve.settings import ServeSettings
+
+
+def check_proposal_search(path: Path, metadata: ModelMetadata, inputs: Iterable[str]) -> None:
+    """Refuse a model whose image requests would all fail: its graph takes ``proposals``
+    (``inputs``: the graph's inputs after the images) that the runtime computes by selective
+    search (``metadata.proposals``), and this OpenCV has no ``cv2.ximgproc``.
+
+    Raises:
+        ConfigError: naming ``path`` and how to install OpenCV's contrib build
+            (:data:`cvkit.selective_search.INSTALL_HINT`).
+    """
+    if PROPOSALS not in inputs or metadata.proposals is None:
+        return
+    try:
+        segmentation_module()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{path}: cannot be served: the image API computes this detector's proposals for "
+            f"every image, and {exc}"
+        ) from None
+
+
+def check_proposal_searches(files: Mapping[str, Path]) -> None:
+    """:func:`check_proposal_search` of every model file, for the parent process of several
+    workers (which load the models themselves, where a failure would only restart them).
+    The files are opened only when selective search is missing.
+
+    Raises:
+        ConfigError: a model needs selective search and OpenCV lacks it.
+        ModelFileError: a file does not load (checked only then).
+    """
+    try:
+        segmentation_module()
+    except ConfigError:
+        for path in files.values():
+            model = OnnxModel(path, "cpu", threads=1)
+            check_proposal_search(path, model.metadata, model.extra_inputs)
 
 
 def _run_tensors(model, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -57,6 +105,8 @@ class ServedModel:
     Raises:
         ModelFileError: the file is not a cvkit export.
         ProviderError: the providers asked for did not start.
+        ConfigError: the model computes proposals by selective search and OpenCV lacks it
+            (:func:`check_proposal_search`).
     """
 
     def __init__(
@@ -72,6 +122,7 @@ class ServedModel:
             spin=settings.spin,
         )
         self.model = self.predictor.model
+        check_proposal_search(path, self.predictor.metadata, self.model.extra_inputs)
         fixed = self.model.input_shape[0]
         self.dynamic_batch = not (isinstance(fixed, int) and fixed > 0)
         self.max_batch = settings.max_batch if self.dynamic_batch else int(fixed)

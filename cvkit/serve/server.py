@@ -22,6 +22,7 @@ from cvkit.logs import get_logger, setup_logging
 from cvkit.resources import available_cpus
 from cvkit.runtime.session import CPU, requested_providers
 from cvkit.serve.app import create_app
+from cvkit.serve.models import check_proposal_searches
 from cvkit.serve.settings import SETTINGS_ENV, ServeSettings, model_files
 
 logger = get_logger("serve")
@@ -37,10 +38,11 @@ def serve(settings: ServeSettings) -> None:
     """Serve ``settings.models`` until interrupted (blocks).
 
     Raises:
-        ServeError: bad model paths or limits; ModelFileError: a model does not load.
+        ServeError: bad model paths or limits; ModelFileError: a model does not load;
+        ConfigError: a model computes proposals by selective search and OpenCV lacks it.
     """
     setup_logging()
-    model_files(settings.models)
+    files = model_files(settings.models)
     settings = settings.resolved(available_cpus(), requested_providers(settings.providers) == [CPU])
     logger.info(
         "%d worker process%s, %s onnxruntime threads each",
@@ -57,6 +59,7 @@ def serve(settings: ServeSettings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
+    check_proposal_searches(files)
     metrics_dir = tempfile.mkdtemp(prefix="cvkit-serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[SETTINGS_ENV] = settings.to_json()

@@ -32,7 +32,7 @@ from cvkit.models.build import build_model
 from cvkit.models.detection.fast_rcnn import FastRCNN
 from cvkit.runtime import Detector, InputError, OnnxModel
 from cvkit.runtime.preprocess import search_proposals
-from cvkit.selective_search import SearchSettings
+from cvkit.selective_search import INSTALL_HINT, SearchSettings
 
 from .conftest import BLOCK_TORCH
 
@@ -341,3 +341,25 @@ def test_the_runtime_says_how_to_install_selective_search(exported, shapes, monk
     detector = Detector(exported[3], providers="cpu")
     with pytest.raises(ConfigError, match=r"cvkit\[rcnn\].*opencv-contrib-python-headless"):
         detector.predict(shapes[0])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cvkit_serve_refuses_a_fast_rcnn_without_selective_search(
+    exported, workers, monkeypatch, capsys
+):
+    """Without OpenCV's contrib build every image request would fail: the server does not
+    start (one worker builds the app, the parent of several checks the files), and says why."""
+    monkeypatch.delattr(cv2, "ximgproc")
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("the server started"))
+    path = exported[3]
+    assert main(["serve", str(path), "--workers", workers, "--providers", "cpu"]) != 0
+    message = capsys.readouterr().err
+    assert str(path) in message and INSTALL_HINT in message
+
+
+def test_the_app_refuses_a_fast_rcnn_without_selective_search(exported, monkeypatch):
+    from cvkit.serve import ServeSettings, create_app
+
+    monkeypatch.delattr(cv2, "ximgproc")
+    with pytest.raises(ConfigError, match=rf"{exported[3].name}: cannot be served.*cvkit\[rcnn\]"):
+        create_app(ServeSettings(models=(str(exported[3]),), providers="cpu"))
