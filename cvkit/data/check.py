@@ -27,6 +27,7 @@ from cvkit.data.formats.coco import load_coco_json, read_coco
 from cvkit.data.formats.detect import detect_format, load_records
 from cvkit.data.records import (
     SIDEWAYS_ORIENTATIONS,
+    ClassMap,
     Records,
     Sample,
     read_exif_orientation,
@@ -372,16 +373,22 @@ def _no_image_found(records: Records, report: CheckReport) -> list[Problem]:
 
 
 def load_checked_records(
-    path: str | Path, images: str | Path | None = None, split: str | None = None
+    path: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+    reference: ClassMap | None = None,
 ) -> tuple[Records, list[Problem]]:
     """The dataset named by ``path`` (any format) and, for COCO, :func:`coco_json_problems`.
 
-    A COCO file is parsed once for both.
+    A COCO file is parsed once for both and read with ``reference``'s numbering
+    (:func:`~cvkit.data.formats.coco.read_coco`); the other formats have one class list for
+    all splits and ignore it.
     """
     if detect_format(path) != "coco":
         return load_records(path, images, split), []
     data = load_coco_json(Path(path))
-    return read_coco(path, images, data=data), coco_json_problems(Path(path), data)
+    records = read_coco(path, images, data=data, reference=reference)
+    return records, coco_json_problems(Path(path), data)
 
 
 def check_dataset(

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cvkit.config.data import DataConfig
 from cvkit.data.cache import ImageCache, build_cache
-from cvkit.data.records import Records
+from cvkit.data.records import ClassMap, Records
 from cvkit.data.sampling import SampleKey, SeededSampler
 from cvkit.data.transforms import SampleTransform, build_transform
 from cvkit.errors import ConfigError
@@ -164,19 +164,29 @@ class Collate:
         return images, [target for _, target in batch]
 
 
-def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) -> Dataset:
+def build_dataset(
+    data_cfg: DataConfig,
+    split: str,
+    task: str,
+    seed: int = 0,
+    reference: ClassMap | None = None,
+) -> Dataset:
     """The ``train`` or ``val`` split named by ``data_cfg``, checked and ready for ``task``.
 
     With no ``path`` the split comes from the cached synthetic dataset
     (:func:`cvkit.data.synthetic.synthetic_root` with ``data.synthetic`` and
-    ``data.cache_dir``). The split is checked first (:func:`validate_for_training`).
+    ``data.cache_dir``). A COCO split is read with ``reference``'s numbering when given (the
+    train split's or a checkpoint's: a val file may list only some of its categories, see
+    :func:`cvkit.data.formats.coco.read_coco`); the other formats, and the synthetic set, have
+    one class list for all splits. The split is checked first (:func:`validate_for_training`).
     Instance masks (``data.instance_masks``) come as :class:`~cvkit.structures.CroppedMasks`;
     the detection training split is wrapped for ``data.mosaic``/``data.mixup``
     (:func:`cvkit.data.mosaic.with_multi_sample`: a :class:`RecordsDataset` when both are 0).
 
     Raises:
         ConfigError: ``split`` is not train/val or the task is not detect/segment.
-        DatasetError: the dataset cannot be read or fails the check.
+        DatasetError: the dataset cannot be read or fails the check, or a COCO split has a
+            category that ``reference`` lacks.
     """
     from cvkit.data.check import load_checked_records, validate_for_training
     from cvkit.data.formats.coco import read_coco
@@ -204,7 +214,9 @@ def build_dataset(data_cfg: DataConfig, split: str, task: str, seed: int = 0) ->
         )
         extra = []
     else:
-        records, extra = load_checked_records(source.path, source.images, source.split or split)
+        records, extra = load_checked_records(
+            source.path, source.images, source.split or split, reference
+        )
     records = validate_for_training(records, data_cfg.skip_invalid, extra)
     compact = task == "detect" and data_cfg.instance_masks
     transform = build_transform(data_cfg, task, split == "train", seed, compact_masks=compact)

@@ -6,7 +6,9 @@ A :class:`Sample` holds one image (a path, or an array for in-memory data) with 
 regions, VOC ``difficult``), optional instance ``segmentations`` (COCO polygons or RLE, decoded
 on demand) and an optional semantic mask file. A :class:`Records` bundles the samples of one
 split with the dataset's ``classes`` and, for COCO, ``category_ids`` (contiguous index ``i`` ↔
-COCO category id ``category_ids[i]``). Arrays are numpy: readers and writers need no torch.
+COCO category id ``category_ids[i]``). A :class:`ClassMap` is the numbering another split is
+read with (the train split's, or a checkpoint's). Arrays are numpy: readers and writers need no
+torch.
 """
 
 from __future__ import annotations
@@ -193,6 +195,22 @@ class Records:
                 f"{self.source}: {len(self.category_ids)} category ids for "
                 f"{len(self.classes)} classes"
             )
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """How a model numbers classes: the numbering a val split is read with.
+
+    Attributes:
+        classes: class names; label ``i`` is ``classes[i]``.
+        category_ids: COCO category id of each class (same order), or None when the classes
+            came from a format without ids.
+        source: whose numbering it is, for messages (``the train split``, a checkpoint path).
+    """
+
+    classes: list[str]
+    category_ids: list[int] | None
+    source: str
 
 
 def decode_segmentation(

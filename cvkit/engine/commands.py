@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +50,9 @@ from cvkit.engine.trainer import Trainer
 from cvkit.errors import ConfigError, CvkitError, DatasetError
 from cvkit.logs import get_logger, setup_logging
 from cvkit.resources import keep_freed_memory
+
+if TYPE_CHECKING:
+    from cvkit.data.records import ClassMap
 
 logger = get_logger("commands")
 
@@ -144,8 +147,8 @@ def _train(
 
     task = get_task(config.task)(config)
     train_set = task.build_dataset("train")
-    val_set = task.build_dataset("val")
     classes = list(train_set.classes)
+    val_set = task.build_val_dataset(_train_class_map(train_set))
     _check_same_classes(classes, list(val_set.classes))
     model = task.build_model(_num_classes(config, classes))
     trainer = Trainer(
@@ -294,11 +297,25 @@ def _run_dir(config: Config, out: str | Path | None, resume: str | Path | None) 
     return create_run_dir(config, out=out)
 
 
+def _train_class_map(train_set: Any) -> ClassMap:
+    """The train split's numbering, which the val split is read with: its classes and, for
+    COCO, category ids."""
+    from cvkit.data.records import ClassMap
+
+    category_ids = getattr(train_set, "category_ids", None)
+    return ClassMap(
+        list(train_set.classes),
+        None if category_ids is None else list(category_ids),
+        "the train split",
+    )
+
+
 def _check_same_classes(train: list[str], val: list[str]) -> None:
-    """Refuse splits whose class lists differ: the model numbers classes as the train split
-    does, and validation would score its labels against other names (a COCO val file
-    listing only its own categories once failed mid-training with "label 2 outside 0..1", or
-    scored every class under a neighbour's name when the missing one came first).
+    """Refuse splits whose class lists still differ once the val split was built with the
+    train split's numbering: the model numbers classes as the train split does, and
+    validation would score its labels against other names. A COCO val split already has
+    train's classes (or was refused naming the category train lacks); this catches the
+    formats and custom datasets whose class lists come from elsewhere.
 
     Raises:
         DatasetError: naming both lists.
@@ -306,8 +323,8 @@ def _check_same_classes(train: list[str], val: list[str]) -> None:
     if train != val:
         raise DatasetError(
             f"the train split has the classes {train} but the val split {val}: both must "
-            "list the same classes in the same order (a COCO val file every category of the "
-            "train file, even one without objects in val)"
+            "list the same classes in the same order (a COCO val file may list only some of "
+            "the train file's categories, with the same ids and names)"
         )
 
 

@@ -335,6 +335,10 @@ def evaluate_weights(
     """Score a checkpoint or an exported file on the task config's val split with the task's
     ``evaluate``: one metric code for both, so their numbers compare.
 
+    The val split is read with the weights' numbering (:meth:`Task.build_val_dataset`): a COCO
+    val file may list only some of their categories (the checkpoint's or the export
+    metadata's ``category_ids``, with the same ids and names).
+
     Args:
         weights: a ``.pt`` checkpoint (run by torch on ``device``, default the CPU) or an
             exported ``.onnx`` (run by onnxruntime on the CPU).
@@ -347,19 +351,26 @@ def evaluate_weights(
 
     Raises:
         CheckpointError: the weights' classes differ from the val split's.
+        DatasetError: the val split has a category the weights lack.
     """
+    from cvkit.data.records import ClassMap
     from cvkit.engine.checkpoint import load_checkpoint
     from cvkit.models.loading import load_model
 
     if str(weights).lower().endswith(".onnx"):
         model: Any = OnnxEvalModel(weights, task.config.train.threads)
         classes, device, origin = list(model.metadata.classes), torch.device("cpu"), "exported"
+        category_ids = model.metadata.category_ids
+        source = f"the export {weights}"
     else:
         device = device or torch.device("cpu")
         checkpoint = load_checkpoint(weights, device)
         model = load_model(checkpoint, device, weights).eval()
         classes, origin = list(checkpoint["classes"]), "trained"
-    val_set = task.build_dataset("val")
+        category_ids = checkpoint.get("category_ids")
+        source = f"the checkpoint {weights}"
+    ids = None if category_ids is None else [int(i) for i in category_ids]
+    val_set = task.build_val_dataset(ClassMap(classes, ids, source))
     if list(val_set.classes) != classes:
         raise CheckpointError(
             f"{weights}: {origin} for classes {classes}, but the val split has "

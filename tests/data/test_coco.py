@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from cvkit.data.formats.coco import coco_dict, default_images_dir, read_coco, write_coco
-from cvkit.data.records import decode_segmentation
+from cvkit.data.records import ClassMap, decode_segmentation
 from cvkit.errors import DatasetError
 
 H, W = 40, 50
@@ -203,3 +203,82 @@ def test_ids_that_are_no_integers_are_named(tmp_path, key, field, value, where):
     path.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=where + "; COCO ids are integers"):
         read_coco(path)
+
+
+TRAIN_CATEGORIES = [
+    {"id": 90, "name": "tooth brush"},
+    {"id": 1, "name": "traffic light"},
+    {"id": 3, "name": "fire hydrant"},
+]
+
+
+def _train_map():
+    """Train's numbering of TRAIN_CATEGORIES, by hand: ascending ids 1, 3, 90 → labels 0, 1, 2."""
+    return ClassMap(["traffic light", "fire hydrant", "tooth brush"], [1, 3, 90], "the train split")
+
+
+def _val_file(tmp_path, categories):
+    """A val file listing only ``categories``, with objects of ids 90, 1, 90 on two images."""
+    data = {
+        "images": [
+            {"id": 5, "file_name": "a.jpg", "height": H, "width": W},
+            {"id": 6, "file_name": "b.jpg", "height": H, "width": W},
+        ],
+        "categories": categories,
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 90, "bbox": [1, 2, 10, 10]},
+            {"id": 2, "image_id": 5, "category_id": 1, "bbox": [20, 5, 8, 6]},
+            {"id": 3, "image_id": 6, "category_id": 90, "bbox": [3, 3, 4, 4]},
+        ],
+    }
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_val_listing_some_train_categories_is_numbered_as_train(tmp_path):
+    """A val file listing only [90, 1] (out of order) takes train's labels and category ids;
+    its ground truth keeps each object's own category id."""
+    path = _val_file(
+        tmp_path, [{"id": 90, "name": "tooth brush"}, {"id": 1, "name": "traffic light"}]
+    )
+    own = read_coco(path, tmp_path)
+    assert own.classes == ["traffic light", "tooth brush"] and own.category_ids == [1, 90]
+    records = read_coco(path, tmp_path, reference=_train_map())
+    assert records.classes == ["traffic light", "fire hydrant", "tooth brush"]
+    assert records.category_ids == [1, 3, 90]
+    assert [s.labels.tolist() for s in records.samples] == [[2, 0], [2]]
+    truth = coco_dict(records)
+    assert [a["category_id"] for a in truth["annotations"]] == [90, 1, 90]
+    assert [c["id"] for c in truth["categories"]] == [1, 3, 90]
+
+
+def test_val_listing_every_train_category_reads_as_without_reference(tmp_path):
+    path = _val_file(tmp_path, TRAIN_CATEGORIES)
+    plain, numbered = read_coco(path, tmp_path), read_coco(path, tmp_path, reference=_train_map())
+    assert (plain.classes, plain.category_ids) == (numbered.classes, numbered.category_ids)
+    for a, b in zip(plain.samples, numbered.samples, strict=True):
+        assert a.labels.tolist() == b.labels.tolist()
+
+
+@pytest.mark.parametrize(
+    "category, message",
+    [
+        (
+            {"id": 7, "name": "kite"},
+            "category 7 ('kite') is not a category of the train split, whose categories are "
+            "1 'traffic light', 3 'fire hydrant', 90 'tooth brush'",
+        ),
+        (
+            {"id": 90, "name": "toothbrush"},
+            "category 90 is named 'toothbrush' here but 'tooth brush' in the train split",
+        ),
+    ],
+)
+def test_val_category_that_train_lacks_is_refused(tmp_path, category, message):
+    """An id train lacks, or train's id under another name: the model cannot predict it."""
+    path = _val_file(tmp_path, [{"id": 1, "name": "traffic light"}, category])
+    with pytest.raises(DatasetError) as error:
+        read_coco(path, tmp_path, reference=_train_map())
+    assert str(error.value).startswith(str(path))
+    assert message in str(error.value) and "the model cannot predict it" in str(error.value)

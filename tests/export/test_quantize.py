@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 
 from cvkit.cli import main
 from cvkit.config import load_config
+from cvkit.data import build_dataset
 from cvkit.export.quantize import calibration_images, float_tail
 from cvkit.logs import setup_logging
 from cvkit.runtime import Detector, Segmenter
@@ -282,3 +283,30 @@ def test_a_missing_calibration_folder_is_named(tiny_ssd_weights, tmp_path, capsy
     assert main(argv) == 2
     assert str(missing) in capsys.readouterr().err
     assert not tiny_ssd_weights.with_suffix(".onnx").exists()
+
+
+def test_eval_of_a_val_file_listing_some_categories_for_pt_and_onnx(trained, tmp_path, capsys):
+    """A COCO val file without one of the checkpoint's categories (and its objects) is read with
+    the weights' numbering: the .pt and its export score each remaining class as on the full
+    val split (COCO AP per category sees only that category), and the dropped one has none."""
+    config, weights, overrides = trained["ssd"]
+    records = build_dataset(load_config(config, overrides).data, "val", "detect").records
+    data = json.loads(Path(records.source).read_text())
+    dropped = data["categories"][0]
+    data["categories"] = data["categories"][1:][::-1]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != dropped["id"]]
+    subset = tmp_path / "val_subset.json"
+    subset.write_text(json.dumps(data))
+    val = [f"data.val.path={subset}", f"data.val.images={records.samples[0].path.parent}"]
+    results = {}
+    for path, split in [(weights, []), (weights, val), (weights.with_suffix(".onnx"), val)]:
+        report = tmp_path / "report.json"
+        argv = ["eval", "--cfg", config, "--weights", str(path), "--json", str(report)]
+        assert main([*argv, "--no-plots", "--set", *overrides, *split]) == 0
+        results[path.suffix, bool(split)] = json.loads(report.read_text())["per_class_AP"]
+    capsys.readouterr()
+    full = results[".pt", False]
+    expected = {**full, dropped["name"]: None}
+    assert results[".pt", True] == pytest.approx(expected, abs=1e-4)
+    assert results[".onnx", True] == pytest.approx(expected, abs=1e-4)
+    assert any(full[name] for name in full if name != dropped["name"])  # something detected

@@ -9,6 +9,11 @@ annotations are kept as empty samples. An image entry without ``width``/``height
 labelling tools write them) takes its size from the image file's header, upright as
 :func:`~cvkit.images.read_image` decodes it. A file saved with a UTF-8 byte-order mark reads as
 one without. Ids must be integers, as the format says: a string id is refused, named.
+
+A val split may list only some of the train split's categories (as labelling tools and dataset
+exporters write a file per split): read with the train split's :class:`ClassMap`, its labels
+are numbered as train numbers them (by category id) and its ``category_ids`` are train's; a
+category that train lacks, by id or by name, is refused, named.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cvkit.data.records import (
+    ClassMap,
     Records,
     Sample,
     decode_segmentation,
@@ -100,6 +106,7 @@ def read_coco(
     images_dir: str | Path | None = None,
     semantic_dir: str | Path | None = None,
     data: dict[str, Any] | None = None,
+    reference: ClassMap | None = None,
 ) -> Records:
     """Read a COCO instances file into :class:`Records`.
 
@@ -109,6 +116,10 @@ def read_coco(
             :func:`default_images_dir`).
         semantic_dir: optional folder of semantic PNGs named ``<image stem>.png``.
         data: the file as :func:`load_coco_json` already parsed it (saves reading it twice).
+        reference: the numbering to read the file with (a val split read as the train split
+            or a checkpoint numbers classes): the file's categories must be among its
+            categories, with the same ids and names, and the records take its classes and
+            category ids. None, or a map without category ids: the file's own categories.
 
     Returns:
         Records whose ``category_ids[i]`` is the COCO id of label ``i``. Boxes are converted
@@ -118,14 +129,23 @@ def read_coco(
         (:func:`cvkit.data.check.coco_json_problems` names them).
 
     Raises:
-        DatasetError: the file is not a COCO file.
+        DatasetError: the file is not a COCO file, or it has a category that ``reference``
+            lacks (:func:`_check_categories_in`).
     """
     json_path = Path(json_path)
     data = load_coco_json(json_path) if data is None else data
     images_dir = Path(images_dir) if images_dir is not None else default_images_dir(json_path)
     categories = sorted(data["categories"], key=lambda c: int(c["id"]))
-    category_ids = [int(c["id"]) for c in categories]
-    label_of = {cid: index for index, cid in enumerate(category_ids)}
+    if reference is None or reference.category_ids is None:
+        names = [str(c["name"]) for c in categories]
+        category_ids = [int(c["id"]) for c in categories]
+    else:
+        _check_categories_in(categories, reference, json_path)
+        names, category_ids = list(reference.classes), list(reference.category_ids)
+    # Only the file's own categories: an annotation of another id stays unknown (-1) for the
+    # dataset check to name, even when the reference has that id.
+    declared = {int(c["id"]) for c in categories}
+    label_of = {cid: index for index, cid in enumerate(category_ids) if cid in declared}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in data["annotations"]:
         by_image.setdefault(int(ann.get("image_id", -1)), []).append(ann)
@@ -153,8 +173,37 @@ def read_coco(
                 semantic_path=semantic,
             )
         )
-    names = [str(c["name"]) for c in categories]
     return Records(samples, names, category_ids, str(json_path))
+
+
+def _check_categories_in(
+    categories: list[dict[str, Any]], reference: ClassMap, json_path: Path
+) -> None:
+    """Refuse a category of the file that ``reference`` lacks: an id it does not have, or an
+    id it names otherwise (the model cannot predict that class, or would score it under
+    another name).
+
+    Raises:
+        DatasetError: naming the category and the reference's categories.
+    """
+    name_of = dict(zip(reference.category_ids or [], reference.classes, strict=True))
+    for category in categories:
+        category_id, name = int(category["id"]), str(category["name"])
+        if name_of.get(category_id) == name:
+            continue
+        known = ", ".join(f"{cid} {cname!r}" for cid, cname in name_of.items())
+        if category_id in name_of:
+            problem = (
+                f"category {category_id} is named {name!r} here but "
+                f"{name_of[category_id]!r} in {reference.source}"
+            )
+        else:
+            problem = f"category {category_id} ({name!r}) is not a category of {reference.source}"
+        raise DatasetError(
+            f"{json_path}: {problem}, whose categories are "
+            f"{known}: the model cannot predict it (a split may list only some of them, each "
+            "with the same id and name)"
+        )
 
 
 def _image_entry(

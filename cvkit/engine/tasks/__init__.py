@@ -34,6 +34,7 @@ is provided by an installed package through a ``cvkit.tasks`` entry point
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,6 +51,7 @@ from cvkit.logs import get_logger
 
 if TYPE_CHECKING:
     from cvkit.config.export import ExportConfig
+    from cvkit.data.records import ClassMap
     from cvkit.runtime.metadata import ModelMetadata
 
 Batch = Any
@@ -74,13 +76,27 @@ class Task:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def build_dataset(self, split: str) -> Dataset:
+    def build_dataset(self, split: str, reference: ClassMap | None = None) -> Dataset:
         """The ``train`` or ``val`` dataset, checked by :mod:`cvkit.data` (a broken dataset
         raises :class:`~cvkit.errors.DatasetError`); it exposes ``classes`` and
-        ``category_ids``."""
+        ``category_ids``. A COCO split is numbered as ``reference`` numbers classes
+        (:func:`cvkit.data.build_dataset`)."""
         from cvkit.data import build_dataset
 
-        return build_dataset(self.config.data, split, self.name, seed=self.config.seed)
+        return build_dataset(
+            self.config.data, split, self.name, seed=self.config.seed, reference=reference
+        )
+
+    def build_val_dataset(self, reference: ClassMap) -> Dataset:
+        """The ``val`` dataset numbered as ``reference`` (the train split's or a checkpoint's
+        classes), so a COCO val file may list only some of their categories.
+
+        A task whose :meth:`build_dataset` takes no ``reference`` (its own class lists:
+        classification's folders, a custom task's dataset) builds the split as it does.
+        """
+        if "reference" in inspect.signature(self.build_dataset).parameters:
+            return self.build_dataset("val", reference=reference)
+        return self.build_dataset("val")
 
     def build_loader(self, dataset: Dataset, train: bool, distributed: bool = False) -> DataLoader:
         """A loader over ``dataset`` (shuffled, augmented batches when ``train``)."""
