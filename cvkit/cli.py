@@ -60,7 +60,11 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", help="COCO only: image folder (default: images/ or the JSON's folder)"
     )
-    parser.add_argument("--split", help="YOLO only: which split of the data file (train or val)")
+    parser.add_argument(
+        "--split",
+        help="YOLO: a split of the data file (train, val or test); VOC: an ImageSets list "
+        "(default: check reads every image, convert the train split)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

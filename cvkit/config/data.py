@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from cvkit.config.base import Section
 
@@ -12,13 +12,21 @@ class DatasetSource(Section):
     """One dataset split, named by a path whose kind is detected from what it is.
 
     A ``.json`` file is COCO (images from ``images``), a ``.yaml`` file is a YOLO data file
-    (``split`` picks train or val), a folder with ``Annotations/`` or ``SegmentationClass/`` is
-    Pascal VOC. No ``path`` means the built-in synthetic dataset.
+    (``split`` picks train, val or test), a folder with ``Annotations/`` or
+    ``SegmentationClass/`` is Pascal VOC (``split`` picks an ``ImageSets`` list). No ``path``
+    means the built-in synthetic dataset.
     """
 
     path: Path | None = None
     images: Path | None = None
-    split: str | None = None
+    split: str | None = Field(
+        None,
+        description=(
+            "YOLO: the data file's split; VOC: the ImageSets list; COCO: unused (a file is one "
+            "split). null: every image (all the data file's splits, every annotated VOC "
+            "image). data.train / data.val given without it take their own name"
+        ),
+    )
 
 
 class SyntheticConfig(Section):
@@ -106,6 +114,18 @@ class DataConfig(Section):
     cache_dir: Path | None = Field(
         None, description="cache folder (default: $CVKIT_CACHE_DIR or ~/.cache/cvkit)"
     )
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _split_named_after_the_section(cls, source: Any, info: ValidationInfo) -> Any:
+        """A source given without ``split`` reads the split named like its section (``train``
+        or ``val``); only an explicit ``split: null`` reads every image. The resolved name is
+        what a saved config records."""
+        if isinstance(source, dict) and "split" not in source:
+            return {**source, "split": info.field_name}
+        if isinstance(source, DatasetSource) and "split" not in source.model_fields_set:
+            return source.model_copy(update={"split": info.field_name})
+        return source
 
     @field_validator("workers")
     @classmethod

@@ -178,7 +178,9 @@ def build_dataset(
     ``data.cache_dir``). A COCO split is read with ``reference``'s numbering when given (the
     train split's or a checkpoint's: a val file may list only some of its categories, see
     :func:`cvkit.data.formats.coco.read_coco`); the other formats, and the synthetic set, have
-    one class list for all splits. The split is checked first (:func:`validate_for_training`).
+    one class list for all splits. A YOLO or VOC source reads its ``split`` (the data file's
+    split or ``ImageSets`` list; null: every image). The split is checked first
+    (:func:`validate_for_training`).
     Instance masks (``data.instance_masks``) come as :class:`~cvkit.structures.CroppedMasks`;
     the detection training split is wrapped for ``data.mosaic``/``data.mixup``
     (:func:`cvkit.data.mosaic.with_multi_sample`: a :class:`RecordsDataset` when both are 0).
@@ -214,9 +216,7 @@ def build_dataset(
         )
         extra = []
     else:
-        records, extra = load_checked_records(
-            source.path, source.images, source.split or split, reference
-        )
+        records, extra = load_checked_records(source.path, source.images, source.split, reference)
     records = validate_for_training(records, data_cfg.skip_invalid, extra)
     compact = task == "detect" and data_cfg.instance_masks
     transform = build_transform(data_cfg, task, split == "train", seed, compact_masks=compact)

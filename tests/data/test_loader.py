@@ -2,13 +2,15 @@
 the synthetic default, and the training-time check (refuse or skip)."""
 
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from cvkit.config import load_config
+from cvkit.config import config_to_dict, load_config
+from cvkit.config.data import DataConfig, DatasetSource
 from cvkit.data import build_dataset, build_loader
 from cvkit.data.formats.coco import write_coco
 from cvkit.data.records import Records, Sample
@@ -177,3 +179,46 @@ def test_every_sample_bad_is_an_error_even_when_skipping(tmp_path):
     )
     with pytest.raises(DatasetError, match="every sample fails the dataset check"):
         validate_for_training(records, skip_invalid=True)
+
+
+def _split_folders(tmp_path):
+    """One YOLO data file and one VOC folder, each with a 3-image train and a 2-image val
+    split; returns their paths and each split's file names (image stems)."""
+    from cvkit.data.formats.voc import write_voc
+    from cvkit.data.formats.yolo import write_yolo
+    from cvkit.data.synthetic import synthetic_records
+
+    stems = {}
+    for split, count in (("train", 3), ("val", 2)):
+        records, _ = synthetic_records(count, image_size=64, seed=1, split=split)
+        for sample in records.samples:
+            sample.file_name = f"{split}_{sample.file_name}"
+        stems[split] = sorted(Path(s.file_name).stem for s in records.samples)
+        yaml_path = write_yolo(records, tmp_path / "yolo", split)
+        write_voc(records, tmp_path / "voc", split)
+    return {"yolo": yaml_path, "voc": tmp_path / "voc"}, stems
+
+
+@pytest.mark.parametrize("kind", ["yolo", "voc"])
+@pytest.mark.parametrize("section", ["train", "val"])
+def test_split_null_reads_every_image_and_no_split_the_sections_own(tmp_path, kind, section):
+    paths, stems = _split_folders(tmp_path)
+    source = [f"data.{section}.path={paths[kind]}"]
+
+    def stems_read(*overrides):
+        config = _config(tmp_path, *source, *overrides)
+        dataset = build_dataset(config.data, section, "detect")
+        return sorted(Path(s.file_name).stem for s in dataset.records.samples)
+
+    assert stems_read() == stems[section]
+    assert stems_read(f"data.{section}.split=null") == sorted(stems["train"] + stems["val"])
+    other = "val" if section == "train" else "train"
+    assert stems_read(f"data.{section}.split={other}") == stems[other]
+
+
+def test_a_source_without_split_records_its_sections_name(tmp_path):
+    config = _config(tmp_path, "data.train.path=a.yaml", "data.val.split=null")
+    saved = config_to_dict(config)["data"]
+    assert (saved["train"]["split"], saved["val"]["split"]) == ("train", None)
+    built = DataConfig(val=DatasetSource(path="a.yaml"))
+    assert (built.train.split, built.val.split) == ("train", "val")

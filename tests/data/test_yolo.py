@@ -43,6 +43,19 @@ def test_label_path_replaces_the_last_images_folder(tmp_path):
     assert label_path(path) == tmp_path / "images" / "x" / "labels" / "train" / "a.txt"
 
 
+def test_no_split_reads_every_listed_image_once(tmp_path):
+    path = _dataset(tmp_path, ["cat", "dog"])  # train and val list the same folder
+    every = read_yolo(path, None)
+    assert [s.file_name for s in every.samples] == ["val/a.png", "val/b.jpg", "val/c.jpg"]
+    assert [s.labels.tolist() for s in every.samples] == [
+        s.labels.tolist() for s in read_yolo(path, "val").samples
+    ]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("names: [a]\n")
+    with pytest.raises(DatasetError, match="lists no split"):
+        read_yolo(empty, None)
+
+
 def test_malformed_rows_and_missing_splits_are_named(tmp_path):
     path = _dataset(tmp_path, ["cat", "dog"])
     (tmp_path / "ds" / "labels" / "val" / "b.txt").write_text("0 0.5 0.5\n")

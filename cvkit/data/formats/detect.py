@@ -2,9 +2,10 @@
 
 - a ``.json`` file is COCO (images from ``images``, default: an ``images/`` folder or the
   JSON's folder);
-- a ``.yaml``/``.yml`` file is a YOLO data file (``split`` picks ``train`` or ``val``);
+- a ``.yaml``/``.yml`` file is a YOLO data file (``split`` picks ``train``, ``val`` or
+  ``test``; None: every image it lists);
 - a folder with ``Annotations/`` or ``SegmentationClass/`` is Pascal VOC (``split`` picks an
-  ``ImageSets`` list when present).
+  ``ImageSets`` list; None: every annotated image).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def load_records(
     if kind == "yolo":
         from cvkit.data.formats.yolo import read_yolo
 
-        return read_yolo(path, split or "train")
+        return read_yolo(path, split)
     from cvkit.data.formats.voc import read_voc
 
     return read_voc(path, split)

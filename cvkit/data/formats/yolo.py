@@ -21,6 +21,8 @@ from cvkit.data.records import Records, Sample, read_image_size, save_images
 from cvkit.errors import DatasetError
 from cvkit.images import IMAGE_SUFFIXES
 
+SPLITS = ("train", "val", "test")
+
 
 def load_data_yaml(yaml_path: Path) -> dict[str, Any]:
     """The parsed data file with ``names`` as a list and ``path`` resolved.
@@ -105,23 +107,34 @@ def _read_labels(path: Path, height: int, width: int):
     return np.array(boxes, np.float32).reshape(-1, 4), labels, segmentations
 
 
-def read_yolo(yaml_path: str | Path, split: str = "train") -> Records:
+def read_yolo(yaml_path: str | Path, split: str | None = "train") -> Records:
     """Read one split of a YOLO dataset into :class:`Records` (``category_ids`` is None).
 
-    Image sizes come from the image headers. Class indices are kept as written, so an index
-    outside ``names`` reaches :mod:`cvkit.data.check` (which reports it).
+    ``split`` None reads every image the data file lists (its ``train``, ``val`` and ``test``
+    entries; an image listed by several is read once), with file names relative to the
+    ``images/`` folder (``val/a.jpg``) instead of the split's folder. Image sizes come from the
+    image headers. Class indices are kept as written, so an index outside ``names`` reaches
+    :mod:`cvkit.data.check` (which reports it).
 
     Raises:
         DatasetError: the data file or split is missing, or a label row is malformed.
     """
     yaml_path = Path(yaml_path)
     data = load_data_yaml(yaml_path)
-    if not data.get(split):
-        present = [key for key in ("train", "val", "test") if data.get(key)]
+    present = [key for key in SPLITS if data.get(key)]
+    if split is not None and not data.get(split):
         raise DatasetError(f"{yaml_path}: no {split!r} split (it has {present})")
+    if split is None and not present:
+        raise DatasetError(f"{yaml_path}: lists no split ({', '.join(SPLITS)})")
     root = Path(data["path"])
+    images_root = root / "images" if split is None else root / "images" / split
+    listed = [
+        image_path
+        for name in ([split] if split is not None else present)
+        for image_path in _split_images(root, data[name], yaml_path)
+    ]
     samples = []
-    for index, image_path in enumerate(_split_images(root, data[split], yaml_path)):
+    for index, image_path in enumerate(dict.fromkeys(listed)):
         try:
             height, width = read_image_size(image_path)
         except DatasetError:
@@ -133,7 +146,7 @@ def read_yolo(yaml_path: str | Path, split: str = "train") -> Records:
             else (np.zeros((0, 4), np.float32), [], None)
         )
         try:
-            file_name = str(image_path.relative_to(root / "images" / split))
+            file_name = str(image_path.relative_to(images_root))
         except ValueError:
             file_name = image_path.name
         samples.append(
@@ -148,7 +161,7 @@ def read_yolo(yaml_path: str | Path, split: str = "train") -> Records:
                 segmentations=segmentations,
             )
         )
-    return Records(samples, data["names"], None, f"{yaml_path}:{split}")
+    return Records(samples, data["names"], None, f"{yaml_path}:{split or 'all'}")
 
 
 def write_yolo(records: Records, out_dir: str | Path, split: str = "train") -> Path:
