@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 from cvkit.runtime.metadata import ModelMetadata
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
 SSD_CLASSES = ["circle", "rectangle", "triangle"]
 SEG_CLASSES = ("background", "green", "blue")
 

@@ -16,6 +16,7 @@ import httpx
 import jsonschema
 import numpy as np
 import pytest
+from serve_checks import expect_error
 
 from cvkit.runtime import load_predictor
 from cvkit.serve.app import INLINE_DECODE_BYTES
@@ -67,12 +68,6 @@ INFERENCE_RESPONSE = {
         },
     },
 }
-ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}},
-    "additionalProperties": False,
-}
 V2_DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
@@ -91,15 +86,6 @@ def references(model_folder):
         name: load_predictor(model_folder / f"{name}.onnx", "cpu")
         for name in ("ssd", "seg", "static")
     }
-
-
-def _error(response: httpx.Response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    jsonschema.validate(body, ERROR)
-    for word in words:
-        assert word in body["error"]
-    return body["error"]
 
 
 def _same_detections(body: dict, expected) -> None:
@@ -274,28 +260,32 @@ def test_bad_uploads_get_their_status_and_reason(client, tmp_path):
     jpeg = cv2.imencode(".jpg", _noise(7))[1].tobytes()
     png = cv2.imencode(".png", _noise(7))[1].tobytes()
     predict = "/v1/models/ssd/predict"
-    _error(client.post(predict, content=jpeg[: len(jpeg) // 3]), 400, "corrupt JPEG", "truncated")
-    _error(client.post(predict, content=png[: len(png) // 2]), 400, "corrupt PNG")
-    _error(client.post(predict, content=b"GIF89a not supported"), 400, "not an image")
-    _error(client.post(predict, content=b""), 400, "empty body")
-    _error(client.post(predict, files={"other": ("x", b"1")}), 400, "'file'")
-    _error(client.post("/v1/models/nope/predict", content=jpeg), 404, "'nope'", "ssd")
-    _error(client.get("/v2/models/nope"), 404, "'nope'")
-    _error(client.post(predict, content=b"\xff" * (2**20 + 1)), 413, "limit")
+    expect_error(
+        client.post(predict, content=jpeg[: len(jpeg) // 3]), 400, "corrupt JPEG", "truncated"
+    )
+    expect_error(client.post(predict, content=png[: len(png) // 2]), 400, "corrupt PNG")
+    expect_error(client.post(predict, content=b"GIF89a not supported"), 400, "not an image")
+    expect_error(client.post(predict, content=b""), 400, "empty body")
+    expect_error(client.post(predict, files={"other": ("x", b"1")}), 400, "'file'")
+    expect_error(client.post("/v1/models/nope/predict", content=jpeg), 404, "'nope'", "ssd")
+    expect_error(client.get("/v2/models/nope"), 404, "'nope'")
+    expect_error(client.post(predict, content=b"\xff" * (2**20 + 1)), 413, "limit")
 
     def chunks():
         for _ in range(20):
             yield b"\xff" * 2**17
 
-    _error(client.post(predict, content=chunks()), 413, "limit")
+    expect_error(client.post(predict, content=chunks()), 413, "limit")
     for bad in ("2", "-0.1", "nan", "abc"):
-        _error(
+        expect_error(
             client.post(f"{predict}?score_threshold={bad}", content=jpeg),
             400,
             "score_threshold",
             repr(bad),
         )
-    _error(client.post(f"{predict}?mask_format=bmp", content=jpeg), 400, "mask_format", "'bmp'")
+    expect_error(
+        client.post(f"{predict}?mask_format=bmp", content=jpeg), 400, "mask_format", "'bmp'"
+    )
     assert client.post(predict, content=jpeg).status_code == 200
 
 
@@ -307,19 +297,25 @@ def _v2(shape, datatype="FP32", name="images", data=None):
 
 def test_bad_v2_requests_name_the_input(client):
     infer = "/v2/models/ssd/infer"
-    _error(client.post(infer, json=_v2([1, 3, 32, 32])), 400, "'images'", "[-1, 3, 64, 64]")
-    _error(client.post(infer, json=_v2([1, 3, 64, 64], "INT64")), 400, "'images'", "FP32", "INT64")
-    _error(client.post(infer, json=_v2([1, 3, 64, 64], name="pixels")), 400, "'pixels'", "'images'")
-    _error(
+    expect_error(client.post(infer, json=_v2([1, 3, 32, 32])), 400, "'images'", "[-1, 3, 64, 64]")
+    expect_error(
+        client.post(infer, json=_v2([1, 3, 64, 64], "INT64")), 400, "'images'", "FP32", "INT64"
+    )
+    expect_error(
+        client.post(infer, json=_v2([1, 3, 64, 64], name="pixels")), 400, "'pixels'", "'images'"
+    )
+    expect_error(
         client.post(infer, json=_v2([1, 3, 64, 64], data=[0.0] * 5)), 400, "'images'", "5 elements"
     )
-    _error(
+    expect_error(
         client.post(infer, json=_v2([1, 3, 64, 64], data=["a"] * (3 * 64 * 64))), 400, "'images'"
     )
-    _error(client.post(infer, json=_v2([9, 3, 64, 64])), 400, "--max-batch 8")
-    _error(client.post(infer, json={**_v2([1, 3, 64, 64]), "outputs": [{"name": "x"}]}), 400, "'x'")
-    _error(client.post(infer, json={"inputs": "images"}), 400, "inputs")
-    _error(
+    expect_error(client.post(infer, json=_v2([9, 3, 64, 64])), 400, "--max-batch 8")
+    expect_error(
+        client.post(infer, json={**_v2([1, 3, 64, 64]), "outputs": [{"name": "x"}]}), 400, "'x'"
+    )
+    expect_error(client.post(infer, json={"inputs": "images"}), 400, "inputs")
+    expect_error(
         client.post(infer, content=b"{not json", headers={"content-type": "application/json"}), 400
     )
     assert client.post(infer, json=_v2([1, 3, 64, 64])).status_code == 200

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
+from serve_checks import expect_error
 
 CONFIG_TYPES = {
     TensorProto.FLOAT: "TYPE_FP32",
@@ -28,13 +29,6 @@ CONFIG_TYPES = {
     TensorProto.BOOL: "TYPE_BOOL",
 }
 UNMEASURED = {"count": 0, "ns": 0}
-
-
-def _error(response: httpx.Response, status: int, *words: str) -> None:
-    assert response.status_code == status, response.text
-    message = response.json()["error"]
-    for word in words:
-        assert word in message, message
 
 
 def _graph_tensors(path) -> dict[str, list[tuple[str, str, list[int]]]]:
@@ -96,8 +90,11 @@ def test_model_config_follows_the_graph(client, model_folder, name):
 
 
 def test_model_config_of_what_is_not_served(client):
-    _error(client.get("/v2/models/nope/config"), 404, "'nope'", "ssd")
-    _error(client.get("/v2/models/ssd/versions/2/config"), 404, "'ssd'", "version '2'")
+    unknown = client.get("/v2/models/nope/config")
+    assert unknown.status_code == 404
+    assert "'nope'" in unknown.json()["error"] and "ssd" in unknown.json()["error"]
+    version = expect_error(client.get("/v2/models/ssd/versions/2/config"), 404)
+    assert "'ssd'" in version and "version '2'" in version
 
 
 def _seg_request(rows: int, datatype: str = "FP32", size: int = 16) -> dict:
@@ -126,8 +123,8 @@ def test_statistics_count_the_requests_served(model_folder, launch):
         seg = client.get("/v2/models/seg/stats").json()
         everything = client.get("/v2/models/stats").json()
         versioned = client.get("/v2/models/seg/versions/1/stats").json()
-        _error(client.get("/v2/models/nope/stats"), 404, "'nope'")
-        _error(client.get("/v2/models/seg/versions/3/stats"), 404, "version '3'")
+        expect_error(client.get("/v2/models/nope/stats"), 404, "'nope'")
+        expect_error(client.get("/v2/models/seg/versions/3/stats"), 404, "version '3'")
     (stat,) = seg["model_stats"]
     assert stat["name"] == "seg" and stat["version"] == "1"
     assert stat["inference_count"] == 2 + 1 + 3 + 1
@@ -185,13 +182,15 @@ def test_repository_index_lists_the_served_models(client):
     assert "content-type" not in request.headers
     assert client.send(request).json() == expected
     assert client.post("/v2/repository/index", json={"ready": True}).json() == expected
-    _error(client.post("/v2/repository/index", json={"ready": "yes"}), 400, "ready")
-    _error(client.post("/v2/repository/index", content=b"{ready"), 400, "not JSON")
+    expect_error(client.post("/v2/repository/index", json={"ready": "yes"}), 400, "ready")
+    expect_error(client.post("/v2/repository/index", content=b"{ready"), 400, "not JSON")
 
 
 def test_load_and_unload_are_refused_by_name(client):
-    _error(client.post("/v2/repository/models/other/load", json={}), 400, "load", "'other'")
+    expect_error(client.post("/v2/repository/models/other/load", json={}), 400, "load", "'other'")
     unload = {"parameters": {"unload_dependents": False}}
-    _error(client.post("/v2/repository/models/ssd/unload", json=unload), 400, "unload", "'ssd'")
-    _error(client.post("/v2/repository/models/nope/unload", json=unload), 404, "'nope'")
+    expect_error(
+        client.post("/v2/repository/models/ssd/unload", json=unload), 400, "unload", "'ssd'"
+    )
+    expect_error(client.post("/v2/repository/models/nope/unload", json=unload), 404, "'nope'")
     assert client.get("/v2/models/ssd/ready").json() == {"ready": True}
