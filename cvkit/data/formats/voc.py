@@ -110,24 +110,30 @@ def _parse_xml(path: Path) -> tuple[str | None, int, int, list[tuple[str, list[f
     return node.findtext("filename"), height, width, objects
 
 
-def _classes(root: Path, names: set[str]) -> list[str]:
+def _classes(root: Path, parsed: dict[str, set[str]]) -> list[str]:
+    """The class order: the root's class file, else from the object names of every XML
+    (:func:`_folder_names`, which reuses ``parsed``, the names of the XMLs already read)."""
     for name in CLASS_FILES:
         if (root / name).is_file():
             lines = (root / name).read_text(encoding="utf-8-sig").splitlines()
             listed = [line.strip() for line in lines if line.strip()]
             return [c for c in listed if c != "background"]
+    names = _folder_names(root, parsed)
     if names <= set(VOC_CLASSES):
         return list(VOC_CLASSES)
     return sorted(names)
 
 
-def _folder_names(root: Path) -> set[str]:
+def _folder_names(root: Path, parsed: dict[str, set[str]]) -> set[str]:
     """The object names of every XML in ``Annotations/``, whatever split lists it: the class
     order must not depend on the split, or a val split without some class would number the
-    others unlike the train split. A file that cannot be parsed is skipped here; reading its
-    split reports it."""
-    names = set()
+    others unlike the train split. ``parsed`` holds the names of the XMLs already read (by
+    image id), which are not parsed again. A file that cannot be parsed is skipped here;
+    reading its split reports it."""
+    names = set().union(*parsed.values())
     for xml in (root / "Annotations").glob("*.xml"):
+        if xml.stem in parsed:
+            continue
         with contextlib.suppress(ET.ParseError, OSError):
             names |= {obj.findtext("name", "").strip() for obj in ET.parse(xml).iter("object")}
     return names
@@ -156,7 +162,8 @@ def read_voc(root: str | Path, split: str | None = None) -> Records:
         instances = root / "SegmentationObject" / f"{image_id}.png"
         masks = _object_masks(instances, len(objects)) if instances.is_file() else None
         parsed.append((image_id, path, height, width, objects, semantic, masks))
-    classes = _classes(root, _folder_names(root))
+    names = {image_id: {name for name, _, _ in objects} for image_id, *_, objects, _, _ in parsed}
+    classes = _classes(root, names)
     index = {name: i for i, name in enumerate(classes)}
     samples = [
         Sample(
