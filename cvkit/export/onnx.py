@@ -404,18 +404,14 @@ def _verify(
     if options.half and metadata.nms_in_graph:
         # NMS on float16 scores may keep another box at a near-tie, so the float16 network is
         # checked through its raw candidates (the NMS part is float32 in both graphs).
-        raw = options.model_copy(update={"nms": False, "simplify": False})
-        with tempfile.TemporaryDirectory() as folder:
-            return export_model(
-                model, Path(folder) / "raw.onnx", metadata, raw, check_batch
-            ).differences
+        return _candidate_differences(model, metadata, options, check_batch)
     reference = build_graph(model, metadata, options.model_copy(update={"half": False}))
     try:
         return check_parity(reference, written, metadata, options, check_batch, name=str(path))
     except ExportError as exc:
-        if metadata.nms_in_graph and not options.simplify:
-            return _parity_of_candidates(model, metadata, options, check_batch, exc)
         if not options.simplify:
+            if metadata.nms_in_graph:
+                return _parity_of_candidates(model, metadata, options, check_batch, exc)
             raise
         plain = options.model_copy(update={"simplify": False})
         with tempfile.TemporaryDirectory() as folder:
@@ -424,6 +420,20 @@ def _verify(
             f"{exc}; the graph before --simplify matches torch, so onnxslim changed the "
             "results: export without --simplify"
         ) from None
+
+
+def _candidate_differences(
+    model: nn.Module, metadata: ModelMetadata, options: ExportConfig, batch_size: int
+) -> dict[str, float]:
+    """The parity differences of the detector's raw candidates (``boxes``, ``scores`` before
+    NMS): the graph exported alone, without NMS or simplification, to a temporary file.
+
+    Raises:
+        ExportError: the candidates differ from torch's (or cannot be exported).
+    """
+    raw = options.model_copy(update={"nms": False, "simplify": False})
+    with tempfile.TemporaryDirectory() as folder:
+        return export_model(model, Path(folder) / "raw.onnx", metadata, raw, batch_size).differences
 
 
 def _parity_of_candidates(
@@ -445,12 +455,8 @@ def _parity_of_candidates(
     Raises:
         ExportError: ``failure``, when the candidates differ too (or cannot be exported alone).
     """
-    raw = options.model_copy(update={"nms": False, "simplify": False})
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            differences = export_model(
-                model, Path(folder) / "raw.onnx", metadata, raw, batch_size
-            ).differences
+        differences = _candidate_differences(model, metadata, options, batch_size)
     except ExportError:
         raise failure from None
     logger.warning(
