@@ -225,6 +225,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         for name, path in model_files(settings.models).items()
     }
     index = _read_index()
+    # a graph does not change while it is served: describe each one once, at load
+    # (create_app called without serve() holds "auto" workers: then this process is the one copy)
+    instances = settings.workers if isinstance(settings.workers, int) else 1
+    metadata = {name: model_metadata(name, model.model) for name, model in models.items()}
+    configs = {
+        name: model_config(name, model, settings.max_delay_ms, instances)
+        for name, model in models.items()
+    }
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -345,10 +353,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return statistics([name])
 
     @on_model_urls("/config", ModelConfigResponse, response_model_exclude_none=True)
-    def model_configuration(name: str, model: ServedModel) -> ModelConfigResponse:
-        # create_app called without serve() holds "auto": then this process is the one copy
-        instances = settings.workers if isinstance(settings.workers, int) else 1
-        return model_config(name, model, settings.max_delay_ms, instances)
+    def model_configuration(name: str, _: ServedModel) -> ModelConfigResponse:
+        return configs[name]
 
     @app.post(
         "/v2/repository/index",
@@ -380,7 +386,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/v2/models/{name}", response_model=ModelMetadataResponse, responses=_errors(404))
     async def v2_model_metadata(name: str) -> ModelMetadataResponse:
-        return model_metadata(name, served(name).model)
+        served(name)
+        return metadata[name]
 
     @app.get(
         "/v2/models/{name}/versions/{version}",
@@ -388,7 +395,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         responses=_errors(404),
     )
     async def v2_version_metadata(name: str, version: str) -> ModelMetadataResponse:
-        return model_metadata(name, versioned(name, version).model)
+        versioned(name, version)
+        return metadata[name]
 
     @app.get("/v2/models/{name}/ready", response_model=ReadyResponse, responses=_errors(404))
     async def model_ready(name: str) -> ReadyResponse:
