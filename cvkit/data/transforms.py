@@ -292,7 +292,8 @@ class SampleTransform:
         }
         if masks is not None and len(masks):
             inputs["masks"] = masks
-        had_pixels = [bool(mask.any()) for mask in masks] if masks is not None else []
+        # Only read when boxes are recomputed from the masks below.
+        had_pixels = masks.any(axis=(1, 2)) if self.recompute_boxes and masks is not None else None
         if semantic is not None:
             inputs["mask"] = semantic
         out = self.augment(**inputs)
