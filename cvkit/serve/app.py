@@ -59,7 +59,7 @@ from cvkit.serve.extensions import (
 from cvkit.serve.metrics import ServeMetrics
 from cvkit.serve.models import ServedModel
 from cvkit.serve.settings import ServeSettings, model_files
-from cvkit.serve.uploads import BodyLimit, BodyTooLarge, decode_image
+from cvkit.serve.uploads import BodyLimit, BodyTooLarge, decode_image, too_large
 from cvkit.serve.v2 import (
     BINARY_EXTENSION,
     HEADER_LENGTH,
@@ -424,9 +424,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             tensor = request_tensor(inference, model.model, model.max_batch, binary)
             wanted = requested_outputs(inference, model.model.output_names)
         except BodyTooLarge:
-            raise ServeHTTPError(
-                413, f"request body larger than the limit of {settings.max_upload_bytes} bytes"
-            ) from None
+            raise ServeHTTPError(413, too_large(settings.max_upload_bytes)) from None
         except V2Error as exc:
             raise ServeHTTPError(400, str(exc)) from None
         outputs = await answer(model.tensors.submit(tensor, rows=len(tensor)), f"model {name!r}")

@@ -67,6 +67,11 @@ class BodyTooLarge(Exception):
     """A request body grew past the limit while it was being read."""
 
 
+def too_large(max_bytes: int) -> str:
+    """The error message of a 413: a body over ``max_bytes``."""
+    return f"request body larger than the limit of {max_bytes} bytes"
+
+
 class BodyLimit:
     """ASGI middleware: 413 for HTTP bodies over ``max_bytes`` (declared or streamed)."""
 
@@ -106,9 +111,7 @@ class BodyLimit:
                 await self._reject(send)
 
     async def _reject(self, send) -> None:
-        body = json.dumps(
-            {"error": f"request body larger than the limit of {self.max_bytes} bytes"}
-        ).encode()
+        body = json.dumps({"error": too_large(self.max_bytes)}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
