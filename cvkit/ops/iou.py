@@ -145,12 +145,24 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     return _box_iou_blocked(boxes1, boxes2)
 
 
+def _enclosing_sides(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """``(w, h)`` of the box enclosing both, signed (negative for inverted boxes)."""
+    return torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(
+        boxes1[..., :2], boxes2[..., :2]
+    )
+
+
 def _enclosing_area(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    wh = (
-        torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
-        - torch.minimum(boxes1[..., :2], boxes2[..., :2])
-    ).clamp(min=0)
+    wh = _enclosing_sides(boxes1, boxes2).clamp(min=0)
     return wh[..., 0] * wh[..., 1]
+
+
+def _centre_penalty(boxes1: Tensor, boxes2: Tensor, enclosing_wh: Tensor, eps: float) -> Tensor:
+    """DIoU's penalty: the squared distance of the box centres over the squared diagonal of
+    the enclosing box (``enclosing_wh``) plus ``eps``."""
+    diagonal_sq = enclosing_wh.square().sum(-1) + eps
+    centre_delta = (boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2
+    return centre_delta.square().sum(-1) / diagonal_sq
 
 
 def _giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -164,13 +176,8 @@ def _diou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """DIoU and IoU of broadcast boxes; ``eps`` is added to the squared enclosing diagonal."""
     inter, union = _inter_union(boxes1, boxes2)
     iou = inter / union
-    enclosing_wh = (
-        torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
-        - torch.minimum(boxes1[..., :2], boxes2[..., :2])
-    ).clamp(min=0)
-    diagonal_sq = enclosing_wh.square().sum(-1) + eps
-    centre_delta = (boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2
-    return iou - centre_delta.square().sum(-1) / diagonal_sq, iou
+    enclosing_wh = _enclosing_sides(boxes1, boxes2).clamp(min=0)
+    return iou - _centre_penalty(boxes1, boxes2, enclosing_wh, eps), iou
 
 
 def _aspect_term(boxes1: Tensor, boxes2: Tensor, iou: Tensor, eps: float) -> Tensor:
@@ -204,18 +211,13 @@ def _loss_terms(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Ten
     product = sides[..., 0] * sides[..., 1]
     inter = torch.where((sides > 0).all(-1), product, torch.zeros_like(product))
     union = box_area(boxes1) + box_area(boxes2) - inter
-    enclosing_wh = torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(
-        boxes1[..., :2], boxes2[..., :2]
-    )
-    return inter / (union + eps), enclosing_wh, union
+    return inter / (union + eps), _enclosing_sides(boxes1, boxes2), union
 
 
 def _diou_loss(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``1 - DIoU`` and IoU of aligned boxes, as torchvision's ``distance_box_iou_loss``."""
     iou, enclosing_wh, _ = _loss_terms(boxes1, boxes2, eps)
-    diagonal_sq = enclosing_wh.square().sum(-1) + eps
-    centre_delta = (boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2
-    return 1 - iou + centre_delta.square().sum(-1) / diagonal_sq, iou
+    return 1 - iou + _centre_penalty(boxes1, boxes2, enclosing_wh, eps), iou
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
