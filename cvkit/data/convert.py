@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvkit.data.formats.detect import FORMATS, detect_format, load_records
+from cvkit.data.formats.voc import split_list
 from cvkit.errors import DatasetError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -16,14 +17,6 @@ def infer_split(path: str | Path, split: str | None) -> str:
         return split
     stem = Path(path).stem.removeprefix("instances_")
     return stem if detect_format(path) == "coco" and stem in SPLIT_NAMES else "train"
-
-
-def _voc_lists(root: str | Path, split: str) -> bool:
-    """Whether a VOC folder has an ``ImageSets`` list of ``split``."""
-    return any(
-        (Path(root) / "ImageSets" / folder / f"{split}.txt").is_file()
-        for folder in ("Main", "Segmentation")
-    )
 
 
 def convert(
@@ -47,7 +40,11 @@ def convert(
     """
     if to not in FORMATS:
         raise DatasetError(f"--to {to!r}: choose one of {FORMATS}")
-    listed = split is not None or detect_format(source) != "voc" or _voc_lists(source, "train")
+    listed = (
+        split is not None
+        or detect_format(source) != "voc"
+        or split_list(source, "train") is not None
+    )
     split = infer_split(source, split)
     # a VOC folder without ImageSets and without --split: every image, written as train
     records = load_records(source, images, split if listed else None)

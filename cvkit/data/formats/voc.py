@@ -49,6 +49,15 @@ def voc_palette() -> list[int]:
     return palette
 
 
+def split_list(root: str | Path, split: str) -> Path | None:
+    """The ``ImageSets`` list of ``split`` (``Main/``, else ``Segmentation/``), or None."""
+    for folder in ("Main", "Segmentation"):
+        listing = Path(root) / "ImageSets" / folder / f"{split}.txt"
+        if listing.is_file():
+            return listing
+    return None
+
+
 def _split_ids(root: Path, split: str | None) -> list[str]:
     """The image ids of ``split`` (its ``ImageSets`` list), or of every annotation/mask file
     when ``split`` is None.
@@ -58,16 +67,15 @@ def _split_ids(root: Path, split: str | None) -> list[str]:
             train and validate on the same images without a word.
     """
     if split:
-        for folder in ("Main", "Segmentation"):
-            listing = root / "ImageSets" / folder / f"{split}.txt"
-            if listing.is_file():
-                lines = listing.read_text(encoding="utf-8-sig").split("\n")
-                return [line.split()[0] for line in lines if line.strip()]
-        raise DatasetError(
-            f"{root}: no list of the {split!r} split (ImageSets/Main/{split}.txt or "
-            f"ImageSets/Segmentation/{split}.txt): write one, an image id (file name without "
-            "extension) per line, so that training and validation images differ"
-        )
+        listing = split_list(root, split)
+        if listing is None:
+            raise DatasetError(
+                f"{root}: no list of the {split!r} split (ImageSets/Main/{split}.txt or "
+                f"ImageSets/Segmentation/{split}.txt): write one, an image id (file name "
+                "without extension) per line, so that training and validation images differ"
+            )
+        lines = listing.read_text(encoding="utf-8-sig").split("\n")
+        return [line.split()[0] for line in lines if line.strip()]
     if (root / "Annotations").is_dir():
         return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
     return sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
