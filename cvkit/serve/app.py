@@ -75,6 +75,7 @@ from cvkit.serve.v2 import (
     decompressed,
     model_metadata,
     parse_request,
+    problems,
     request_tensor,
     requested_outputs,
     response_outputs,
@@ -273,11 +274,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
+        return JSONResponse(
+            {"error": f"invalid request: {problems(exc.errors())}"}, status_code=400
         )
-        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:

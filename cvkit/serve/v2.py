@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -166,11 +167,12 @@ def _shape(dims: list[Any]) -> list[int]:
     return [dim if isinstance(dim, int) and dim > 0 else -1 for dim in dims]
 
 
-def _problems(error: ValidationError) -> str:
-    """Each problem of a request body as ``body.where: what``, as FastAPI names them."""
+def problems(errors: Iterable[Mapping[str, Any]], *where: str) -> str:
+    """Each validation problem as ``where.loc: what``, as FastAPI names them (``where``: the
+    part of the request its ``loc`` is in, when the ``loc`` does not name it)."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in ('body', *problem['loc']))}: {problem['msg']}"
-        for problem in error.errors()
+        f"{'.'.join(str(part) for part in (*where, *problem['loc']))}: {problem['msg']}"
+        for problem in errors
     )
 
 
@@ -186,7 +188,7 @@ def parse_json(body: bytes, schema: type[Body]) -> Body:
     except orjson.JSONDecodeError as exc:
         raise V2Error(f"invalid request: the body is not JSON ({exc})") from None
     except ValidationError as exc:
-        raise V2Error(f"invalid request: {_problems(exc)}") from None
+        raise V2Error(f"invalid request: {problems(exc.errors(), 'body')}") from None
 
 
 def graph_tensors(model: OnnxModel) -> dict[str, list[MetadataTensor]]:
