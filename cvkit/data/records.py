@@ -277,6 +277,18 @@ def save_images(records: Records, images_dir: Path) -> None:
             shutil.copyfile(sample.path, target)
 
 
+def read_text_file(path: str | Path) -> str:
+    """A dataset's text file (a COCO JSON, a YOLO data, list or label file, a VOC list) as
+    UTF-8 text; a leading byte-order mark, as Windows tools save one, is dropped, so every
+    format reads such a file as one without.
+
+    Raises:
+        OSError: the file cannot be read (``FileNotFoundError`` when it is missing).
+        UnicodeDecodeError: it is not UTF-8.
+    """
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
 def read_image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of the image :func:`~cvkit.images.read_image` gives for a file, from
     the file's header (the pixels are not decoded).

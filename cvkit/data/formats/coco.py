@@ -31,6 +31,7 @@ from cvkit.data.records import (
     Sample,
     decode_segmentation,
     read_image_size,
+    read_text_file,
     save_images,
 )
 from cvkit.errors import DatasetError
@@ -61,7 +62,7 @@ def load_coco_json(json_path: Path) -> dict[str, Any]:
             entry that is no object or an id that is no integer (:func:`_check_ids`).
     """
     try:
-        data = json.loads(Path(json_path).read_text(encoding="utf-8-sig"))
+        data = json.loads(read_text_file(json_path))
     except FileNotFoundError:
         raise DatasetError(f"{json_path}: COCO annotation file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

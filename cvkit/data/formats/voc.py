@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cvkit.data.records import Records, Sample, encode_mask, read_image_size, save_images
+from cvkit.data.records import (
+    Records,
+    Sample,
+    encode_mask,
+    read_image_size,
+    read_text_file,
+    save_images,
+)
 from cvkit.errors import DatasetError
 
 VOC_CLASSES = [
@@ -74,7 +81,7 @@ def _split_ids(root: Path, split: str | None) -> list[str]:
                 f"ImageSets/Segmentation/{split}.txt): write one, an image id (file name "
                 "without extension) per line, so that training and validation images differ"
             )
-        lines = listing.read_text(encoding="utf-8-sig").split("\n")
+        lines = read_text_file(listing).split("\n")
         return [line.split()[0] for line in lines if line.strip()]
     if (root / "Annotations").is_dir():
         return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
@@ -123,7 +130,7 @@ def _classes(root: Path, parsed: dict[str, set[str]]) -> list[str]:
     (:func:`_folder_names`, which reuses ``parsed``, the names of the XMLs already read)."""
     for name in CLASS_FILES:
         if (root / name).is_file():
-            lines = (root / name).read_text(encoding="utf-8-sig").splitlines()
+            lines = read_text_file(root / name).splitlines()
             listed = [line.strip() for line in lines if line.strip()]
             return [c for c in listed if c != "background"]
     names = _folder_names(root, parsed)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cvkit.data.records import Records, Sample, read_image_size, save_images
+from cvkit.data.records import Records, Sample, read_image_size, read_text_file, save_images
 from cvkit.errors import DatasetError
 from cvkit.images import IMAGE_SUFFIXES
 
@@ -31,7 +31,7 @@ def load_data_yaml(yaml_path: Path) -> dict[str, Any]:
         DatasetError: not YAML, no ``names``, or ``names`` indices are not ``0..C-1``.
     """
     try:
-        data = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8-sig"))
+        data = yaml.safe_load(read_text_file(yaml_path))
     except (OSError, yaml.YAMLError) as exc:
         raise DatasetError(f"{yaml_path}: cannot read the YOLO data file ({exc})") from None
     if not isinstance(data, dict) or "names" not in data:
@@ -66,7 +66,7 @@ def _split_images(root: Path, entry: str | list[str], yaml_path: Path) -> list[P
         if where.is_dir():
             images += sorted(p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif where.is_file() and where.suffix == ".txt":
-            lines = [line.strip() for line in where.read_text(encoding="utf-8-sig").splitlines()]
+            lines = [line.strip() for line in read_text_file(where).splitlines()]
             images += [
                 (root / line) if not Path(line).is_absolute() else Path(line)
                 for line in lines
@@ -80,7 +80,7 @@ def _split_images(root: Path, entry: str | list[str], yaml_path: Path) -> list[P
 def _read_labels(path: Path, height: int, width: int):
     """Boxes ``[N, 4]`` xyxy pixels, labels and polygon segmentations of one label file."""
     boxes, labels, polygons = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         values = line.split()
         if not values:
             continue
