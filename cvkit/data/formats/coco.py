@@ -208,17 +208,18 @@ def _check_categories_in(
 
 
 def _image_entry(
-    image: Any, position: int, json_path: Path, images_dir: Path
+    image: dict[str, Any], position: int, json_path: Path, images_dir: Path
 ) -> tuple[int, str, int, int]:
-    """``(id, file_name, height, width)`` of one ``images`` entry.
+    """``(id, file_name, height, width)`` of one ``images`` entry (an object with an integer
+    or no ``id``, as :func:`load_coco_json` checked).
 
     A missing or zero ``width``/``height`` is read from the file's header; a file that cannot
     be read leaves them 0 for :mod:`cvkit.data.check` to report the image.
 
     Raises:
-        DatasetError: the entry is not an object, or lacks ``id`` or ``file_name``.
+        DatasetError: the entry lacks ``id`` or ``file_name``.
     """
-    if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+    if "id" not in image or "file_name" not in image:
         raise DatasetError(
             f"{json_path}: images[{position}] needs 'id' and 'file_name', got {image!r:.200}"
         )
@@ -227,7 +228,7 @@ def _image_entry(
     if not (height and width):
         with contextlib.suppress(DatasetError):  # the check reports the missing image
             height, width = read_image_size(images_dir / file_name)
-    return int(image["id"]), file_name, height, width
+    return image["id"], file_name, height, width
 
 
 def coco_dict(records: Records, include_segmentation: bool = True) -> dict[str, Any]:
