@@ -312,11 +312,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return model
 
     def statistics(names: list[str]) -> StatisticsResponse:
+        usage = metrics.model_usage(names, INFERENCE_ENDPOINTS)
         return StatisticsResponse(
-            model_stats=[
-                model_statistics(name, metrics.model_usage(name, INFERENCE_ENDPOINTS))
-                for name in names
-            ]
+            model_stats=[model_statistics(name, usage[name]) for name in names]
         )
 
     # before GET /v2/models/{name}, which would take "stats" for a model's name

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -157,39 +157,48 @@ class ServeMetrics:
         mode)."""
         return generate_latest(self._readable())
 
-    def model_usage(self, model: str, endpoints: Container[str]) -> ModelUsage:
-        """``model``'s counts and times so far, summed over workers.
+    def model_usage(
+        self, models: Collection[str], endpoints: Container[str]
+    ) -> dict[str, ModelUsage]:
+        """Each of ``models``' counts and times so far, summed over workers (the metrics are
+        read once for all of them).
 
         Args:
-            model: a served model's name.
+            models: served models' names.
             endpoints: the route templates whose requests count as inference requests.
         """
-        # (sample name, outcome) -> value; the outcome splits requests by status, "" otherwise
-        totals: dict[tuple[str, str], float] = {}
+        # (model, sample name, outcome) -> value; the outcome splits requests by status
+        totals: dict[tuple[str, str, str], float] = {}
+        wanted = set(models)
         for family in self._readable().collect():
             for sample in family.samples:
                 labels = sample.labels
-                if labels.get("model") != model:
+                model = labels.get("model")
+                if model not in wanted:
                     continue
                 outcome = ""
                 if "endpoint" in labels:
                     if labels["endpoint"] not in endpoints:
                         continue
                     outcome = "ok" if labels["status"] == "200" else "failed"
-                key = (sample.name, outcome)
+                key = (model, sample.name, outcome)
                 totals[key] = totals.get(key, 0.0) + sample.value
 
-        def span(family: str, outcome: str = "") -> Span:
-            return Span(
-                int(totals.get((f"{family}_count", outcome), 0)),
-                totals.get((f"{family}_sum", outcome), 0.0),
-            )
+        return {model: _usage(totals, model) for model in models}
 
-        return ModelUsage(
-            succeeded=span("cvkit_request_duration_seconds", "ok"),
-            failed=span("cvkit_request_duration_seconds", "failed"),
-            queued=span("cvkit_queue_duration_seconds"),
-            runs=span("cvkit_inference_duration_seconds"),
-            rows=int(totals.get(("cvkit_batch_size_sum", ""), 0)),
-            last_inference=totals.get(("cvkit_last_inference_timestamp_seconds", ""), 0.0),
-        )
+
+def _usage(totals: Mapping[tuple[str, str, str], float], model: str) -> ModelUsage:
+    """``model``'s usage from the ``(model, sample name, outcome)`` totals of its metrics."""
+
+    def span(family: str, outcome: str = "") -> Span:
+        count = totals.get((model, f"{family}_count", outcome), 0)
+        return Span(int(count), totals.get((model, f"{family}_sum", outcome), 0.0))
+
+    return ModelUsage(
+        succeeded=span("cvkit_request_duration_seconds", "ok"),
+        failed=span("cvkit_request_duration_seconds", "failed"),
+        queued=span("cvkit_queue_duration_seconds"),
+        runs=span("cvkit_inference_duration_seconds"),
+        rows=int(totals.get((model, "cvkit_batch_size_sum", ""), 0)),
+        last_inference=totals.get((model, "cvkit_last_inference_timestamp_seconds", ""), 0.0),
+    )
