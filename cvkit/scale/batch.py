@@ -4,12 +4,11 @@
 actor, so the model loads once per actor) and what the local engine calls in-process. A batch
 is a mapping of columns with one entry per image: ``path`` always, plus ``bytes`` (encoded
 file contents, as ``ray.data.read_binary_files``) or ``image`` (RGB ``uint8 [H, W, 3]``, as
-``ray.data.read_images``); with neither, the step reads each ``path`` itself. Files are decoded
-with OpenCV exactly as :func:`cvkit.images.read_image` does, so every engine sees the pixels
-``cvkit predict`` and training see. An image that cannot be read or decoded becomes an error
-row naming the reason; the rest of the batch is predicted as usual. Decoding goes through
-``cv2.imdecode``, which (OpenCV 5.1) refuses a JPEG cut short, where ``cv2.imread`` returns
-the full-size image with garbage below the cut.
+``ray.data.read_images``); with neither, the step reads each ``path`` itself. Bytes are
+decoded by :func:`cvkit.images.decode_image_bytes`, the decoder of
+:func:`cvkit.images.read_image`, so every engine sees the pixels ``cvkit predict`` and training
+see. An image that cannot be read or decoded becomes an error row naming the reason; the rest
+of the batch is predicted as usual.
 """
 
 from __future__ import annotations
@@ -18,32 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
-from cvkit.errors import CvkitError, ImageError, InputError
-from cvkit.images import read_image
+from cvkit.errors import CvkitError, InputError
+from cvkit.images import decode_image_bytes, read_image
 from cvkit.runtime import load_predictor
 from cvkit.runtime.results import Detections
 from cvkit.scale.rows import RowFormat, error_row, row_format
 from cvkit.scale.sources import read_bytes
-
-
-def decode_image(data: bytes, path: str) -> np.ndarray:
-    """Encoded image bytes as RGB ``uint8 [H, W, 3]`` (``cv2.IMREAD_COLOR``, as
-    :func:`cvkit.images.read_image` reads a file).
-
-    Raises:
-        ImageError: empty or undecodable bytes (a JPEG cut short included); the message
-            names ``path``.
-    """
-    if len(data) == 0:
-        raise ImageError(f"{path}: empty file")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageError(f"{path}: not a readable image ({len(data)} bytes)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class BatchPredictor:
@@ -98,7 +80,7 @@ class BatchPredictor:
         if "image" in batch:
             return read_image(np.asarray(batch["image"][index]))
         data = batch["bytes"][index] if "bytes" in batch else read_bytes(path)
-        return decode_image(bytes(data), path)
+        return decode_image_bytes(bytes(data), path)
 
     def _predict(self, images: Sequence[np.ndarray]) -> list[Any]:
         """One result per image; if the batch fails, each image alone, a failure becoming
