@@ -6,9 +6,8 @@ from pathlib import Path
 
 from cvkit.data.formats.detect import FORMATS, detect_format, load_records
 from cvkit.data.formats.voc import split_list
+from cvkit.data.records import SPLITS
 from cvkit.errors import DatasetError
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def infer_split(path: str | Path, split: str | None) -> str:
@@ -16,7 +15,7 @@ def infer_split(path: str | Path, split: str | None) -> str:
     if split:
         return split
     stem = Path(path).stem.removeprefix("instances_")
-    return stem if detect_format(path) == "coco" and stem in SPLIT_NAMES else "train"
+    return stem if detect_format(path) == "coco" and stem in SPLITS else "train"
 
 
 def convert(

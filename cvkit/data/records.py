@@ -29,6 +29,8 @@ from cvkit.images import read_image
 # COCO-style instance segmentation: a list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE dict.
 Segmentation = list[list[float]] | dict[str, Any]
 IGNORE_INDEX = 255
+# The split names datasets use: a YOLO data file's keys, a COCO file's instances_<split>.json.
+SPLITS = ("train", "val", "test")
 # EXIF orientations (transpose, rotate 90° clockwise, transverse, rotate 90° counterclockwise)
 # whose upright image has the stored width and height swapped.
 SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)

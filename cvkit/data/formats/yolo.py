@@ -17,11 +17,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cvkit.data.records import Records, Sample, read_image_size, read_text_file, save_images
+from cvkit.data.records import (
+    SPLITS,
+    Records,
+    Sample,
+    read_image_size,
+    read_text_file,
+    save_images,
+)
 from cvkit.errors import DatasetError
 from cvkit.images import IMAGE_SUFFIXES
-
-SPLITS = ("train", "val", "test")
 
 
 def load_data_yaml(yaml_path: Path) -> dict[str, Any]:
