@@ -322,9 +322,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def all_statistics() -> StatisticsResponse:
         return statistics(list(models))
 
-    def on_model_urls(suffix: str, response_model: type, **options: Any):
+    def on_model_urls(
+        suffix: str, response_model: type, names: tuple[str, str] | None = None, **options: Any
+    ):
         """Route ``GET /v2/models/{name}{suffix}`` and its ``/versions/{version}`` twin to the
-        decorated ``handler(name, model)`` (404 for an unknown model or version)."""
+        decorated ``handler(name, model)`` (404 for an unknown model or version); ``names``:
+        the two routes' names (their OpenAPI operations), by default the handler's name with
+        ``_latest`` and ``_pinned``."""
 
         def register(handler):
             async def latest(name: str):
@@ -333,12 +337,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
             async def pinned(name: str, version: str):
                 return handler(name, versioned(name, version))
 
-            for path, endpoint in (("", latest), ("/versions/{version}", pinned)):
+            route_names = names or (f"{handler.__name__}_latest", f"{handler.__name__}_pinned")
+            twins = zip(("", "/versions/{version}"), (latest, pinned), route_names, strict=True)
+            for path, endpoint, route_name in twins:
                 app.get(
                     f"/v2/models/{{name}}{path}{suffix}",
                     response_model=response_model,
                     responses=_errors(404),
-                    name=f"{handler.__name__}_{endpoint.__name__}",
+                    name=route_name,
                     **options,
                 )(endpoint)
             return handler
@@ -381,32 +387,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         served(name)
         raise not_supported("unload", name)
 
-    @app.get("/v2/models/{name}", response_model=ModelMetadataResponse, responses=_errors(404))
-    async def v2_model_metadata(name: str) -> ModelMetadataResponse:
-        served(name)
+    @on_model_urls("", ModelMetadataResponse, names=("v2_model_metadata", "v2_version_metadata"))
+    def model_metadata_body(name: str, _: ServedModel) -> ModelMetadataResponse:
         return metadata[name]
 
-    @app.get(
-        "/v2/models/{name}/versions/{version}",
-        response_model=ModelMetadataResponse,
-        responses=_errors(404),
-    )
-    async def v2_version_metadata(name: str, version: str) -> ModelMetadataResponse:
-        versioned(name, version)
-        return metadata[name]
-
-    @app.get("/v2/models/{name}/ready", response_model=ReadyResponse, responses=_errors(404))
-    async def model_ready(name: str) -> ReadyResponse:
-        served(name)
-        return ReadyResponse(ready=True)
-
-    @app.get(
-        "/v2/models/{name}/versions/{version}/ready",
-        response_model=ReadyResponse,
-        responses=_errors(404),
-    )
-    async def version_ready(name: str, version: str) -> ReadyResponse:
-        versioned(name, version)
+    @on_model_urls("/ready", ReadyResponse, names=("model_ready", "version_ready"))
+    def model_readiness(*_: Any) -> ReadyResponse:
         return ReadyResponse(ready=True)
 
     async def run_inference(name: str, model: ServedModel, request: Request) -> Response:
@@ -438,23 +424,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
             headers={HEADER_LENGTH: str(len(header))},
         )
 
-    @app.post(
-        INFER_PATHS[0],
-        response_model=InferenceResponse,
-        responses=_errors(400, 404, 413, 504),
-        openapi_extra=INFER_REQUEST_BODY,
-    )
     async def infer(name: str, request: Request) -> Response:
         return await run_inference(name, served(name), request)
 
-    @app.post(
-        INFER_PATHS[1],
-        response_model=InferenceResponse,
-        responses=_errors(400, 404, 413, 504),
-        openapi_extra=INFER_REQUEST_BODY,
-    )
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await run_inference(name, versioned(name, version), request)
+
+    for path, endpoint in zip(INFER_PATHS, (infer, infer_version), strict=True):
+        app.post(
+            path,
+            response_model=InferenceResponse,
+            responses=_errors(400, 404, 413, 504),
+            openapi_extra=INFER_REQUEST_BODY,
+        )(endpoint)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, list[dict[str, Any]]]:
