@@ -413,7 +413,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         outputs = await answer(model.tensors.submit(tensor, rows=len(tensor)), f"model {name!r}")
         described, blobs = response_outputs(outputs, wanted)
         answered = InferenceResponse(
-            model_name=name, model_version=MODEL_VERSIONS[0], id=inference.id, outputs=described
+            model_name=name, model_version=MODEL_VERSION, id=inference.id, outputs=described
         )
         header = orjson.dumps(answered.model_dump(mode="json", exclude_none=True))
         if not blobs:
